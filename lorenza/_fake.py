@@ -1,0 +1,18 @@
+"""Fake (meta) kernels for the ops ``lorenza._C`` defines, so they trace under torch.compile."""
+import torch
+
+
+@torch.library.register_fake("lorenza::rsvd")
+def _rsvd_fake(A, rank, oversample, power_iters, key):
+    dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
+    *batch, m, n = A.shape
+    return (
+        A.new_empty((*batch, m, rank), dtype=dtype),
+        A.new_empty((*batch, rank), dtype=dtype),
+        A.new_empty((*batch, rank, n), dtype=dtype),
+    )
+
+
+@torch.library.register_fake("lorenza::philox_normal_")
+def _philox_normal_fake(out, key, start):
+    return None

@@ -1,0 +1,144 @@
+"""Which implementation runs each op.
+
+``LORENZA_BACKEND`` selects it for every op:
+
+- ``auto`` (default): Triton for tensors on a CUDA device when the op has a Triton kernel and Triton
+  imports; else the compiled ``lorenza._C`` op when it is built for that device; else the PyTorch
+  reference. The first fallback of each op is announced once with a warning that says why.
+- ``torch``: always the PyTorch reference.
+- ``cuda`` (alias ``cpp``): the compiled ``lorenza._C`` ops (C++ for CPU tensors, CUDA for GPU).
+- ``triton``: the Triton kernels; on CPU tensors only with ``TRITON_INTERPRET=1``.
+
+An explicit choice that cannot be honoured raises :class:`BackendUnavailable` saying why.
+Nothing here imports Triton or initialises CUDA until an op is actually resolved.
+"""
+import functools
+import importlib
+import importlib.util
+import os
+import warnings
+
+import torch
+
+CHOICES = ("auto", "torch", "cuda", "cpp", "triton")
+TORCH, EXT, TRITON = "torch", "ext", "triton"
+
+# The implementations each op has besides the PyTorch reference.
+OPS = {
+    "rsvd": (EXT,),
+    "noise": (EXT,),
+    "projected_adam": (),
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run an op."""
+
+
+def requested() -> str:
+    choice = os.environ.get("LORENZA_BACKEND", "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise ValueError(f"LORENZA_BACKEND={choice!r} is not one of {', '.join(CHOICES)}")
+    return EXT if choice in ("cuda", "cpp") else choice
+
+
+@functools.lru_cache(maxsize=None)
+def _load_ext():
+    """``(module, None)`` when ``lorenza._C`` loads, else ``(None, reason)``."""
+    if os.environ.get("LORENZA_NO_EXT", "") not in ("", "0"):
+        return None, "LORENZA_NO_EXT is set"
+    try:
+        module = importlib.import_module("lorenza._C")
+    except ImportError as err:
+        return None, f"lorenza._C is not built ({err})"
+    from . import _fake  # noqa: F401  registers the fake kernels of the ops _C defines
+
+    return module, None
+
+
+def ext():
+    """The loaded ``lorenza._C`` module, or None."""
+    return _load_ext()[0]
+
+
+def _ext_reason(device: torch.device):
+    module, reason = _load_ext()
+    if module is None:
+        return reason
+    if device.type == "cuda" and not module.has_cuda():
+        return "lorenza._C was built without CUDA"
+    if device.type not in ("cpu", "cuda"):
+        return f"lorenza._C has no {device.type} kernels"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error():
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    try:
+        importlib.import_module("triton")
+    except Exception as err:  # a broken Triton install fails in many ways
+        return f"Triton does not import ({err})"
+    return None
+
+
+def _triton_reason(op: str, device: torch.device):
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"tensors on {device.type} need TRITON_INTERPRET=1 for Triton"
+    return _triton_import_error()
+
+
+def _why_not(backend: str, op: str, device: torch.device):
+    if backend == TORCH:
+        return None
+    return _ext_reason(device) if backend == EXT else _triton_reason(op, device)
+
+
+def _explicit(op: str):
+    """The requested backend if it applies to ``op``; ops that lack it resolve as under auto."""
+    choice = requested()
+    return choice if choice == TORCH or choice in OPS[op] else None
+
+
+def explain(op: str, device) -> tuple:
+    """``(backend, reason)`` for ``op`` on ``device`` under the current LORENZA_BACKEND."""
+    device = torch.device(device)
+    choice = _explicit(op)
+    if choice is not None:
+        return choice, _why_not(choice, op, device) or f"LORENZA_BACKEND={choice}"
+    candidates = [b for b in ((TRITON,) if device.type == "cuda" else ()) + (EXT,) if b in OPS[op]]
+    skipped = []
+    for backend in candidates:
+        reason = _why_not(backend, op, device)
+        if reason is None:
+            return backend, "auto"
+        skipped.append(reason)
+    return TORCH, "; ".join(skipped) or f"{op} has only the PyTorch implementation"
+
+
+def resolve(op: str, device) -> str:
+    """The backend that runs ``op`` for tensors on ``device``; raises if an explicit one can't."""
+    device = torch.device(device)
+    backend, reason = explain(op, device)
+    if _explicit(op) is not None:
+        if _why_not(backend, op, device) is not None:
+            raise BackendUnavailable(f"LORENZA_BACKEND={backend} cannot run {op} on {device.type}: {reason}")
+    elif backend == TORCH and OPS[op]:
+        _warn_fallback(op, device.type, reason)
+    return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(op: str, device_type: str, reason: str):
+    warnings.warn(f"lorenza: {op} on {device_type} uses the PyTorch reference: {reason}", stacklevel=3)
+
+
+def report() -> list:
+    """One line per op and device: which backend would run it and why."""
+    lines = []
+    for op in OPS:
+        for device in ("cpu", "cuda"):
+            backend, reason = explain(op, device)
+            lines.append(f"{op:<15} {device:<5} {backend:<7} ({reason})")
+    return lines

@@ -1,0 +1,46 @@
+"""Argument validation shared by the optimizers, worded as torch.optim words it."""
+import math
+import numbers
+
+
+def _number(name: str, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"Invalid {name} value: {value} ({name} must be finite)")
+    return value
+
+
+def non_negative(name: str, value):
+    if _number(name, value) < 0:
+        raise ValueError(f"Invalid {name} value: {value} ({name} must be >= 0)")
+
+
+def positive(name: str, value):
+    if _number(name, value) <= 0:
+        raise ValueError(f"Invalid {name} value: {value} ({name} must be > 0)")
+
+
+def betas(value):
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {value!r}")
+    for index, beta in enumerate(value):
+        if not 0.0 <= _number(f"betas[{index}]", beta) < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta} (must be in [0, 1))")
+
+
+def int_at_least(name: str, value, minimum: int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"Invalid {name} value: {value} ({name} must be >= {minimum})")
+
+
+def optional_rank(value):
+    if value is not None:
+        int_at_least("rank", value, 1)
+
+
+def one_of(name: str, value, choices):
+    if value not in choices:
+        raise ValueError(f"Invalid {name} value: {value!r} (choose one of {', '.join(map(repr, choices))})")

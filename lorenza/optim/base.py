@@ -1,0 +1,57 @@
+"""What every lorenza optimizer shares: a base seed, stable tensor ids, exact state round trips."""
+import torch
+from torch.optim import Optimizer
+
+from . import _checks
+
+
+def draw_seed() -> int:
+    """A base seed from torch's default generator, so ``torch.manual_seed`` makes runs repeatable."""
+    return int(torch.randint(0, 2**62, ()).item())
+
+
+class LorenzaOptimizer(Optimizer):
+    """``torch.optim.Optimizer`` plus the conventions of this package.
+
+    - ``seed`` is a param-group key (saved in ``state_dict``); noise keys derive from it, the
+      parameter's position (its tensor id) and its own step count.
+    - ``load_state_dict`` keeps the state's own dtypes (float32 moments of bf16 parameters are
+      not rounded to bf16 as ``torch.optim`` would do).
+    """
+
+    def _validate_group(self, group: dict) -> None:
+        """Raise for invalid group values; subclasses extend it."""
+        _checks.non_negative("learning rate", group["lr"])
+        _checks.int_at_least("seed", group["seed"], 0)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        try:
+            self._validate_group(self.param_groups[-1])
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    def params_with_ids(self):
+        """``(group, param, tensor_id)`` over every parameter, ids in ``state_dict`` order."""
+        tensor_id = 0
+        for group in self.param_groups:
+            for param in group["params"]:
+                yield group, param, tensor_id
+                tensor_id += 1
+
+    @staticmethod
+    def check_grad(param: torch.Tensor, grad: torch.Tensor, name: str) -> None:
+        if grad.is_sparse:
+            raise TypeError(f"{name} does not support sparse gradients")
+        if grad.is_complex() or param.is_complex():
+            raise TypeError(f"{name} does not support complex parameters or gradients")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved_state = state_dict["state"]
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        super().load_state_dict(state_dict)
+        for saved_id, (_, param, _) in zip(saved_ids, self.params_with_ids()):
+            for key, value in saved_state.get(saved_id, {}).items():
+                if torch.is_tensor(value) and key != "step":
+                    self.state[param][key] = value.detach().to(device=param.device, copy=True)

@@ -1,0 +1,139 @@
+"""GaLore-style projected Adam (ALGORITHMS.md section 1)."""
+import math
+
+import torch
+
+from .. import projector as proj
+from ..random import Stream, stream_key
+from ..reference import adam as reference
+from . import _checks
+from .base import LorenzaOptimizer, draw_seed
+
+# GaLore's group keys, accepted as they are.
+ALIASES = {"update_proj_gap": "update_gap"}
+
+
+class LowRankAdamW(LorenzaOptimizer):
+    """Adam whose moments live in a rank-``rank`` subspace of each 2-D gradient (GaLore).
+
+    A parameter is projected when it is 2-D, its group's ``rank`` is set and below
+    ``min(m, n)``; every other parameter gets the same Adam update unprojected. The basis is
+    refreshed from the gradient every ``update_gap`` steps by ``projector``: ``"rsvd"``
+    (randomized SVD), ``"svd"`` (exact, GaLore's choice) or ``"random"`` (a Gaussian basis
+    regenerated from the seed, nothing stored). ``stagger=True`` spreads the refreshes of the
+    layers over the gap. Weight decay is applied after the update, as GaLore does.
+
+    Every keyword is also a param-group key; GaLore's ``update_proj_gap`` and ``proj_type`` are
+    accepted. If any group given names ``rank``, groups that don't are left unprojected, so a
+    GaLore user's param groups mean what they meant there.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=128,
+                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, **extra):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
+                        update_gap=update_gap, scale=scale, projector=projector, proj_type="std",
+                        stagger=stagger, seed=draw_seed() if seed is None else seed, **extra)
+        params = list(params)
+        self._rank_only_where_named = any(isinstance(g, dict) and "rank" in g for g in params)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        param_group = dict(param_group)
+        for alias, key in ALIASES.items():
+            if alias in param_group:
+                param_group.setdefault(key, param_group.pop(alias))
+        if getattr(self, "_rank_only_where_named", False):
+            param_group.setdefault("rank", None)
+        super().add_param_group(param_group)
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        _checks.betas(group["betas"])
+        _checks.non_negative("epsilon", group["eps"])
+        _checks.non_negative("weight_decay", group["weight_decay"])
+        _checks.optional_rank(group["rank"])
+        _checks.int_at_least("update_gap", group["update_gap"], 1)
+        _checks.non_negative("scale", group["scale"])
+        _checks.one_of("projector", group["projector"], proj.KINDS)
+        _checks.one_of("proj_type", group["proj_type"], proj.PROJ_TYPES)
+
+    # -- projection ---------------------------------------------------------------------------
+
+    @staticmethod
+    def is_projected(param: torch.Tensor, group: dict) -> bool:
+        rank = group["rank"]
+        return rank is not None and param.dim() == 2 and rank < min(param.shape)
+
+    @staticmethod
+    def _refresh_offset(group: dict, tensor_id: int) -> int:
+        return tensor_id % group["update_gap"] if group["stagger"] else 0
+
+    def projection(self, param, group, tensor_id, grad=None):
+        """The parameter's :class:`Projection` for its current step, or None when unprojected.
+
+        With ``grad``, a refresh due at this step is made from ``grad`` first. Without it, the
+        basis in use before this step's refresh is returned; None too if there is none yet.
+        """
+        if not self.is_projected(param, group):
+            return None
+        state = self.state[param]
+        step = int(state["step"]) if "step" in state else 0
+        if grad is None:
+            if step == 0:
+                return None
+            step -= 1  # the basis the previous step used
+        kind, gap = group["projector"], group["update_gap"]
+        side = proj.side_for(param.shape, group["proj_type"])
+        refresh = proj.last_refresh(step, gap, self._refresh_offset(group, tensor_id))
+        seed = stream_key(group["seed"], Stream.BASIS, tensor_id, refresh)
+        if kind == "random":  # regenerated, never stored
+            basis = proj.compute_basis(param, group["rank"], side, kind, seed)
+        elif grad is not None and refresh == step:
+            basis = state["basis"] = proj.compute_basis(grad, group["rank"], side, kind, seed)
+        else:
+            basis = state["basis"]
+        return proj.Projection(basis, side, kind)
+
+    # -- the Adam update ----------------------------------------------------------------------
+
+    def _init_state(self, param):
+        state = self.state[param]
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        return state
+
+    def adam_update(self, param, grad, group, tensor_id, residual=False):
+        """One Adam step of ``param`` from ``grad`` (projected when the parameter is)."""
+        state = self._init_state(param)
+        projection = self.projection(param, group, tensor_id, grad=grad)
+        dtype = proj.work_dtype(param.dtype)
+        moment_shape = projection.subspace_shape(param.shape) if projection else param.shape
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros(moment_shape, dtype=dtype, device=param.device)
+            state["exp_avg_sq"] = torch.zeros(moment_shape, dtype=dtype, device=param.device)
+        state["step"] += 1
+        t = int(state["step"])
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        hyper = dict(beta1=beta1, beta2=beta2, eps=group["eps"],
+                     step_size=lr * math.sqrt(1 - beta2**t) / (1 - beta1**t),
+                     decay=lr * group["weight_decay"])
+        if projection is None:
+            reference.adam_(param, grad, state["exp_avg"], state["exp_avg_sq"], **hyper)
+        else:
+            reference.projected_adam_(param, grad, state["exp_avg"], state["exp_avg_sq"], projection,
+                                      scale=group["scale"], residual=residual, **hyper)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimizer step from the gradients in ``.grad``; ``closure`` may recompute them."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        todo = [(group, p, i) for group, p, i in self.params_with_ids() if p.grad is not None]
+        for _, p, _ in todo:  # every check before any change
+            self.check_grad(p, p.grad, type(self).__name__)
+        for group, p, tensor_id in todo:
+            self.adam_update(p, p.grad, group, tensor_id)
+        return loss

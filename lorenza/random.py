@@ -1,0 +1,103 @@
+"""Seeded Gaussian noise: every value a pure function of ``(key, element index)``.
+
+A key is a 63-bit integer derived on the host from a base seed and a path of small integers
+(:func:`stream_key`), e.g. ``(Stream.PROBE, step, query, tensor_id)``. The generator is
+Philox4x32-10 with Box-Muller exactly as Triton's ``tl.randn4x`` (see ``reference/philox.py``), so
+the PyTorch, C++ and Triton backends produce the same noise whatever the chunking or block size.
+"""
+from enum import IntEnum
+
+import torch
+
+from . import backend
+from .reference import philox
+
+MASK64 = (1 << 64) - 1
+KEY_MASK = (1 << 63) - 1  # keys stay representable as a signed int64 kernel argument
+
+
+class Stream(IntEnum):
+    """What a noise stream is for; the first element of every key path."""
+
+    PROBE = 1  # zeroth-order probe directions (also regenerated for the SAM ascent)
+    RSVD = 2  # the Gaussian test matrix of a randomized SVD
+    BASIS = 3  # a Gaussian projection basis ("random" projector)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def stream_key(seed: int, *path: int) -> int:
+    """The key of the stream named by ``path`` under base ``seed`` (host-side integer hashing)."""
+    key = _splitmix64(int(seed) & MASK64)
+    for part in path:
+        key = _splitmix64(key ^ (int(part) & MASK64))
+    return key & KEY_MASK
+
+
+def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
+    """Fill a contiguous float32 tensor with elements ``start, start + 1, ...`` of stream ``key``."""
+    if out.dtype != torch.float32 or not out.is_contiguous():
+        raise TypeError(f"normal_ fills a contiguous float32 tensor, got {out.dtype} "
+                        f"{'contiguous' if out.is_contiguous() else 'non-contiguous'}")
+    if backend.resolve("noise", out.device) == backend.EXT:
+        torch.ops.lorenza.philox_normal_(out, key, start)
+    else:
+        philox.normal_(out, key, start)
+    return out
+
+
+def randn(shape, key: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """A tensor of the given shape holding the first elements of stream ``key``."""
+    out = normal_(torch.empty(shape, dtype=torch.float32, device=device), key)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def _combined_chunks(numel: int, coeffs, keys, device):
+    """Yield ``(start, values)`` with ``values = sum_j coeffs[j] * z_j`` over consecutive chunks."""
+    size = max(1, min(numel, philox.CHUNK))
+    acc = torch.empty(size, dtype=torch.float32, device=device)
+    tmp = torch.empty(size, dtype=torch.float32, device=device) if len(keys) > 1 else None
+    for start in range(0, numel, size):
+        count = min(size, numel - start)
+        out = normal_(acc[:count], keys[0], start).mul_(coeffs[0])
+        for coeff, key in zip(coeffs[1:], keys[1:]):
+            out.add_(normal_(tmp[:count], key, start), alpha=coeff)
+        yield start, out
+
+
+def _as_lists(coeffs, keys):
+    coeffs = [float(c) for c in coeffs] if isinstance(coeffs, (list, tuple)) else [float(coeffs)]
+    keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
+    if len(coeffs) != len(keys):
+        raise ValueError(f"got {len(coeffs)} coefficients for {len(keys)} noise streams")
+    return coeffs, keys
+
+
+@torch.no_grad()
+def add_randn_(tensor: torch.Tensor, coeffs, keys) -> torch.Tensor:
+    """In place ``tensor += sum_j coeffs[j] * z_j``, ``z_j`` the stream ``keys[j]`` shaped like it.
+
+    The noise is made chunk by chunk, so no tensor-sized temporary is allocated; arithmetic is
+    float32 whatever the tensor's dtype.
+    """
+    coeffs, keys = _as_lists(coeffs, keys)
+    if not tensor.is_contiguous():
+        raise ValueError("add_randn_ needs a contiguous tensor")
+    flat = tensor.view(-1)
+    for start, values in _combined_chunks(flat.numel(), coeffs, keys, tensor.device):
+        flat[start:start + values.numel()].add_(values)
+    return tensor
+
+
+def randn_norm_sq(numel: int, coeffs, keys, device=None) -> torch.Tensor:
+    """``||sum_j coeffs[j] * z_j||^2`` over the first ``numel`` elements, as a float64 scalar tensor."""
+    coeffs, keys = _as_lists(coeffs, keys)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for _, values in _combined_chunks(numel, coeffs, keys, device):
+        total += values.double().square().sum()
+    return total

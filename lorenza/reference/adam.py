@@ -1,0 +1,47 @@
+"""The Adam update of GaLore's AdamW (ALGORITHMS.md section 1), plain and projected, in PyTorch.
+
+``step_size = lr * sqrt(1 - b2^t) / (1 - b1^t)`` and ``decay = lr * weight_decay`` come in as
+numbers; weight decay is applied after the update, as GaLore does.
+"""
+import torch
+
+
+def _moments_(M, V, R, beta1, beta2):
+    M.mul_(beta1).add_(R, alpha=1 - beta1)
+    V.mul_(beta2).addcmul_(R, R, value=1 - beta2)
+
+
+def _normalized(M, V, eps):
+    return M / V.sqrt().add_(eps)
+
+
+def _decay_(param, decay):
+    if decay:
+        param.add_(param, alpha=-decay)
+
+
+def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
+    """Unprojected: ``M, V`` shaped like ``param``."""
+    _moments_(M, V, grad.to(M.dtype), beta1, beta2)
+    param.add_(_normalized(M, V, eps), alpha=-step_size)
+    _decay_(param, decay)
+
+
+def projected_adam_(param, grad, M, V, projection, *, scale, residual, beta1, beta2, eps,
+                    step_size, decay):
+    """Moments in the subspace; the lifted step is written into ``param`` in place.
+
+    ``residual`` (Lorenza+) also applies the discarded part ``G - lift(R)`` scaled by
+    ``||N|| / ||R||``.
+    """
+    R = projection.project(grad)
+    _moments_(M, V, R, beta1, beta2)
+    N = _normalized(M, V, eps)
+    alpha = step_size * scale
+    projection.lift_add_(param, N, -alpha)
+    if residual:
+        r_norm = R.norm()
+        phi = float(N.norm() / r_norm) if r_norm > 0 else 0.0
+        param.add_(grad, alpha=-alpha * phi)
+        projection.lift_add_(param, R, alpha * phi)
+    _decay_(param, decay)

@@ -1,0 +1,30 @@
+"""Randomized SVD (Halko, Martinsson, Tropp) in plain PyTorch: the fallback and the oracle."""
+import torch
+
+from . import philox
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sketch_matrix(batch_shape, n: int, k: int, key: int, dtype, device) -> torch.Tensor:
+    """The Gaussian ``(..., n, k)`` sketch, element ``(b, i, j)`` at stream index ``(b n + i) k + j``."""
+    omega = torch.empty((*batch_shape, n, k), dtype=torch.float32, device=device)
+    return philox.normal_(omega, key).to(dtype)
+
+
+def orth(Y: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(Y).Q
+
+
+def rsvd(A: torch.Tensor, rank: int, oversample: int, power_iters: int, key: int):
+    A = A.to(compute_dtype(A.dtype))
+    *batch, m, n = A.shape
+    k = min(rank + oversample, m, n)
+    Q = orth(A @ sketch_matrix(batch, n, k, key, A.dtype, A.device))
+    for _ in range(power_iters):
+        Q = orth(A.mT @ Q)
+        Q = orth(A @ Q)
+    Ub, S, Vh = torch.linalg.svd(Q.mT @ A, full_matrices=False)
+    return Q @ Ub[..., :rank], S[..., :rank], Vh[..., :rank, :]
