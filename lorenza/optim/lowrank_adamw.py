@@ -1,12 +1,13 @@
 """GaLore-style projected Adam (ALGORITHMS.md section 1)."""
 import math
+from collections import defaultdict
 
 import torch
 
 from .. import projector as proj
 from ..random import Stream, stream_key
 from ..reference import adam as reference
-from . import _checks
+from . import _checks, multi_tensor_adam
 from .base import LorenzaOptimizer, draw_seed
 
 # GaLore's group keys, accepted as they are.
@@ -96,33 +97,49 @@ class LowRankAdamW(LorenzaOptimizer):
 
     # -- the Adam update ----------------------------------------------------------------------
 
-    def _init_state(self, param):
+    def _moments(self, param, shape):
+        """The parameter's state, with zero moments of ``shape`` on its first step."""
         state = self.state[param]
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        if "exp_avg" not in state:
+            dtype = proj.work_dtype(param.dtype)
+            state["exp_avg"] = torch.zeros(shape, dtype=dtype, device=param.device)
+            state["exp_avg_sq"] = torch.zeros(shape, dtype=dtype, device=param.device)
         return state
 
-    def adam_update(self, param, grad, group, tensor_id, residual=False):
-        """One Adam step of ``param`` from ``grad`` (projected when the parameter is)."""
-        state = self._init_state(param)
+    def _projected_update(self, param, grad, group, tensor_id):
         projection = self.projection(param, group, tensor_id, grad=grad)
-        dtype = proj.work_dtype(param.dtype)
-        moment_shape = projection.subspace_shape(param.shape) if projection else param.shape
-        if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros(moment_shape, dtype=dtype, device=param.device)
-            state["exp_avg_sq"] = torch.zeros(moment_shape, dtype=dtype, device=param.device)
+        state = self._moments(param, projection.subspace_shape(param.shape))
         state["step"] += 1
         t = int(state["step"])
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        hyper = dict(beta1=beta1, beta2=beta2, eps=group["eps"],
-                     step_size=lr * math.sqrt(1 - beta2**t) / (1 - beta1**t),
-                     decay=lr * group["weight_decay"])
-        if projection is None:
-            reference.adam_(param, grad, state["exp_avg"], state["exp_avg_sq"], **hyper)
-        else:
-            reference.projected_adam_(param, grad, state["exp_avg"], state["exp_avg_sq"], projection,
-                                      scale=group["scale"], residual=residual, **hyper)
+        reference.projected_adam_(param, grad, state["exp_avg"], state["exp_avg_sq"], projection,
+                                  scale=group["scale"], residual=group.get("residual", False), beta1=beta1, beta2=beta2,
+                                  eps=group["eps"], step_size=lr * math.sqrt(1 - beta2**t) / (1 - beta1**t),
+                                  decay=lr * group["weight_decay"])
+
+    def adam_updates(self, entries):
+        """The Adam step of every ``(group, param, tensor_id)`` from its ``.grad``.
+
+        Projected parameters go one by one through the subspace; the others are batched into
+        multi-tensor calls per group and step count.
+        """
+        plain = defaultdict(list)
+        for group, param, tensor_id in entries:
+            if self.is_projected(param, group):
+                self._projected_update(param, param.grad, group, tensor_id)
+                continue
+            state = self._moments(param, param.shape)
+            state["step"] += 1
+            plain[(id(group), int(state["step"]))].append((group, param))
+        for (_, step), members in plain.items():
+            group = members[0][0]
+            params = [p for _, p in members]
+            multi_tensor_adam.adam_(group, params, [p.grad for p in params],
+                                    [self.state[p]["exp_avg"] for p in params],
+                                    [self.state[p]["exp_avg_sq"] for p in params], step)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -134,6 +151,5 @@ class LowRankAdamW(LorenzaOptimizer):
         todo = [(group, p, i) for group, p, i in self.params_with_ids() if p.grad is not None]
         for _, p, _ in todo:  # every check before any change
             self.check_grad(p, p.grad, type(self).__name__)
-        for group, p, tensor_id in todo:
-            self.adam_update(p, p.grad, group, tensor_id)
+        self.adam_updates(todo)
         return loss

@@ -212,8 +212,7 @@ class Lorenza(LowRankAdamW):
         with_grad = [(g, p, i) for g, p, i in trainable if p.grad is not None]
         for _, param, _ in with_grad:
             self.check_grad(param, param.grad, name)
-        for group, param, tensor_id in with_grad:
-            self.adam_update(param, param.grad, group, tensor_id, residual=group["residual"])
+        self.adam_updates(with_grad)
         return sam_loss if loss is None else loss
 
 
