@@ -1,0 +1,28 @@
+"""``python -m bench [--quick]``: the rSVD and optimizer-step tables on this machine."""
+import argparse
+import datetime
+import platform
+
+import torch
+
+import lorenza
+
+from . import optim_step, rsvd
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
+    args = parser.parse_args(argv)
+    print(f"lorenza {lorenza.__version__}, torch {torch.__version__}, {platform.node()} "
+          f"({platform.processor() or platform.machine()}), {datetime.date.today()}")
+    if args.quick:
+        rsvd.run(shapes=((256, 688),), rank=32, reps=2)
+        optim_step.run(model="60m", rank=32, reps=2)
+    else:
+        rsvd.run()
+        optim_step.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""LowRankAdamW.step against galore_torch.GaLoreAdamW.step and torch.optim.AdamW on a LLaMA-shaped stack."""
+import warnings
+
+import torch
+
+import lorenza
+
+from .timing import median_seconds, print_table
+
+# (hidden, intermediate, layers, vocab) of the LLaMA configs used by the GaLore paper
+LLAMA = {"60m": (512, 1376, 8, 32000), "130m": (768, 2048, 12, 32000), "350m": (1024, 2736, 24, 32000)}
+
+
+def llama_shapes(name: str):
+    """(shape, projected) of every parameter: attention and MLP weights projected; embeddings,
+    the output head and the norms plain."""
+    d, f, layers, vocab = LLAMA[name]
+    shapes = [((vocab, d), False)]
+    for _ in range(layers):
+        shapes += [((d, d), True)] * 4 + [((f, d), True)] * 2 + [((d, f), True)] + [((d,), False)] * 2
+    return shapes + [((d,), False), ((vocab, d), False)]
+
+
+def make_params(shapes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for shape, _ in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.02)
+        p.grad = torch.randn(shape, generator=gen) * 1e-3
+        params.append(p)
+    return params
+
+
+def groups(params, shapes, rank, gap, **extra):
+    low = [p for p, (_, projected) in zip(params, shapes) if projected]
+    rest = [p for p, (_, projected) in zip(params, shapes) if not projected]
+    return [{"params": low, "rank": rank, "update_proj_gap": gap, "scale": 0.25, **extra}, {"params": rest}]
+
+
+def state_bytes(opt) -> int:
+    """Bytes of every non-scalar tensor in the state, GaLore's projector matrices included."""
+    total = 0
+    for state in opt.state.values():
+        for value in state.values():
+            value = getattr(value, "ortho_matrix", value)  # galore_torch keeps its basis in an object
+            if torch.is_tensor(value) and value.dim() > 0:
+                total += value.numel() * value.element_size()
+    return total
+
+
+def measure(make, params, reps):
+    opt = make()
+    refresh = median_seconds(opt.step, reps=1, warmup=0)  # step 0 computes every basis
+    steady = median_seconds(opt.step, reps=reps, warmup=1)
+    return refresh, steady, state_bytes(opt)
+
+
+def run(model="60m", rank=128, gap=200, reps=5):
+    shapes = llama_shapes(model)
+    params = make_params(shapes)
+    candidates = {
+        "torch AdamW (foreach)": lambda: torch.optim.AdamW(params, lr=1e-3, foreach=True),
+        "torch AdamW (fused)": lambda: torch.optim.AdamW(params, lr=1e-3, fused=True),
+        "LowRankAdamW rsvd": lambda: lorenza.LowRankAdamW(groups(params, shapes, rank, gap), lr=1e-3),
+        "LowRankAdamW svd": lambda: lorenza.LowRankAdamW(groups(params, shapes, rank, gap), lr=1e-3,
+                                                         projector="svd"),
+    }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from galore_torch import GaLoreAdamW
+        candidates["galore_torch GaLoreAdamW"] = lambda: GaLoreAdamW(
+            groups(params, shapes, rank, gap, proj_type="std"), lr=1e-3, no_deprecation_warning=True)
+    except ImportError:
+        print("galore_torch is not installed: its row is missing")
+    results = {}
+    for name, make in candidates.items():
+        with torch.no_grad():
+            snapshot = [p.detach().clone() for p in params]
+            results[name] = measure(make, params, reps)
+            for p, s in zip(params, snapshot):
+                p.copy_(s)
+    base = results.get("galore_torch GaLoreAdamW")
+    rows = []
+    for name, (refresh, steady, nbytes) in results.items():
+        ratios = [base[0] / refresh, base[1] / steady, nbytes / base[2]] if base else ["-"] * 3
+        rows.append([name, refresh * 1e3, steady * 1e3, nbytes / 2**20, *ratios])
+    n_params = sum(p.numel() for p in params)
+    print_table(f"optimizer step, LLaMA-{model} shapes ({n_params / 1e6:.1f}M params), rank {rank}, fp32, "
+                f"{torch.get_num_threads()} threads; ratios against GaLoreAdamW",
+                ["optimizer", "refresh step ms", "steady step ms", "state MiB", "refresh x", "steady x",
+                 "state / GaLore"], rows)
+    return results

@@ -1,0 +1,1 @@
+"""Triton kernels of lorenza (installed as ``lorenza.kernels``)."""
