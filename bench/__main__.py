@@ -18,7 +18,7 @@ def main(argv=None):
           f"({platform.processor() or platform.machine()}), {datetime.date.today()}")
     if args.quick:
         rsvd.run(shapes=((256, 688),), rank=32, reps=2)
-        optim_step.run(model="60m", rank=32, reps=2)
+        optim_step.run(model="60m", rank=32, gap=3)
     else:
         rsvd.run()
         optim_step.run()

@@ -105,7 +105,7 @@ def train(name, args, train_data, val_data):
             loss.backward()
             opt.step()
         times.append(time.perf_counter() - start)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     with torch.no_grad():
         val = batches(val_data, args.batch, args.context, torch.Generator().manual_seed(2))
         val_loss = sum(float(lm_loss(model, *next(val))) for _ in range(10)) / 10
