@@ -151,15 +151,11 @@ class Lorenza(LowRankAdamW):
 
     def _ascent(self, directions, coeffs):
         """Per-direction coefficients of ``e = rho * g_hat / ||g_hat||`` (None when g_hat = 0)."""
-        q = len(coeffs)
-
-        def g_hat(d):
-            return [c / q for c in coeffs]
-
-        norm = float(sum(d.norm_sq(g_hat(d)) for d in directions)) ** 0.5
+        g_hat = [c / len(coeffs) for c in coeffs]
+        norm = float(sum(d.norm_sq(g_hat) for d in directions)) ** 0.5
         if norm == 0.0:
             return None
-        return lambda d: [d.group["rho"] * c / norm for c in g_hat(d)]
+        return lambda d: [d.group["rho"] * c / norm for c in g_hat]
 
     def _sam_gradient(self, closure, trainable, directions, ascent):
         """Move to ``W + e``, run forward and backward, move back; returns the loss there."""
