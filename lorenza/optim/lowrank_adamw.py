@@ -14,6 +14,14 @@ from .base import LorenzaOptimizer, draw_seed
 ALIASES = {"update_proj_gap": "update_gap"}
 
 
+def adam_hyper(group: dict, t: int) -> dict:
+    """The numbers of Adam step ``t`` (1-based): betas, eps, bias-corrected step size, decay."""
+    beta1, beta2 = group["betas"]
+    lr = group["lr"]
+    return dict(beta1=beta1, beta2=beta2, eps=group["eps"],
+                step_size=lr * math.sqrt(1 - beta2**t) / (1 - beta1**t), decay=lr * group["weight_decay"])
+
+
 class LowRankAdamW(LorenzaOptimizer):
     """Adam whose moments live in a rank-``rank`` subspace of each 2-D gradient (GaLore).
 
@@ -30,10 +38,11 @@ class LowRankAdamW(LorenzaOptimizer):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=128,
-                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, **extra):
+                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, *,
+                 _extra_defaults=None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_gap=update_gap, scale=scale, projector=projector, proj_type="std",
-                        stagger=stagger, seed=draw_seed() if seed is None else seed, **extra)
+                        stagger=stagger, seed=draw_seed() if seed is None else seed, **(_extra_defaults or {}))
         params = list(params)
         self._rank_only_where_named = any(isinstance(g, dict) and "rank" in g for g in params)
         super().__init__(params, defaults)
@@ -72,8 +81,9 @@ class LowRankAdamW(LorenzaOptimizer):
     def projection(self, param, group, tensor_id, grad=None):
         """The parameter's :class:`Projection` for its current step, or None when unprojected.
 
-        With ``grad``, a refresh due at this step is made from ``grad`` first. Without it, the
-        basis in use before this step's refresh is returned; None too if there is none yet.
+        With ``grad``, a refresh due at this step (or a missing basis) is computed from ``grad``;
+        the caller stores it. Without it, the basis in use before this step's refresh is
+        returned; None too if there is none yet. Nothing is written to the state here.
         """
         if not self.is_projected(param, group):
             return None
@@ -89,8 +99,8 @@ class LowRankAdamW(LorenzaOptimizer):
         seed = stream_key(group["seed"], Stream.BASIS, tensor_id, refresh)
         if kind == "random":  # regenerated, never stored
             basis = proj.compute_basis(param, group["rank"], side, kind, seed)
-        elif grad is not None and refresh == step:
-            basis = state["basis"] = proj.compute_basis(grad, group["rank"], side, kind, seed)
+        elif grad is not None and (refresh == step or "basis" not in state):
+            basis = proj.compute_basis(grad, group["rank"], side, kind, seed)
         else:
             basis = state["basis"]
         return proj.Projection(basis, side, kind)
@@ -106,40 +116,49 @@ class LowRankAdamW(LorenzaOptimizer):
             dtype = proj.work_dtype(param.dtype)
             state["exp_avg"] = torch.zeros(shape, dtype=dtype, device=param.device)
             state["exp_avg_sq"] = torch.zeros(shape, dtype=dtype, device=param.device)
+        state["step"] += 1
         return state
 
-    def _projected_update(self, param, grad, group, tensor_id):
-        projection = self.projection(param, group, tensor_id, grad=grad)
-        state = self._moments(param, projection.subspace_shape(param.shape))
-        state["step"] += 1
-        t = int(state["step"])
-        beta1, beta2 = group["betas"]
-        lr = group["lr"]
-        reference.projected_adam_(param, grad, state["exp_avg"], state["exp_avg_sq"], projection,
-                                  scale=group["scale"], residual=group.get("residual", False), beta1=beta1, beta2=beta2,
-                                  eps=group["eps"], step_size=lr * math.sqrt(1 - beta2**t) / (1 - beta1**t),
-                                  decay=lr * group["weight_decay"])
+    def _check_state(self, param, shape) -> None:
+        moment = self.state[param].get("exp_avg")
+        if moment is not None and tuple(moment.shape) != tuple(shape):
+            raise ValueError(f"{type(self).__name__}: a parameter of shape {tuple(param.shape)} has moments of "
+                             f"shape {tuple(moment.shape)} but its group now asks for {tuple(shape)} "
+                             "(rank, proj_type or projector changed after it was stepped)")
 
     def adam_updates(self, entries):
         """The Adam step of every ``(group, param, tensor_id)`` from its ``.grad``.
 
+        Two phases, so that an error leaves weights and state untouched: first every check and
+        every basis refresh (which can fail, e.g. an SVD of a NaN gradient), then the updates.
         Projected parameters go one by one through the subspace; the others are batched into
         multi-tensor calls per group and step count.
         """
-        plain = defaultdict(list)
+        projected, plain = [], []
         for group, param, tensor_id in entries:
-            if self.is_projected(param, group):
-                self._projected_update(param, param.grad, group, tensor_id)
-                continue
-            state = self._moments(param, param.shape)
-            state["step"] += 1
-            plain[(id(group), int(state["step"]))].append((group, param))
-        for (_, step), members in plain.items():
-            group = members[0][0]
-            params = [p for _, p in members]
-            multi_tensor_adam.adam_(group, params, [p.grad for p in params],
-                                    [self.state[p]["exp_avg"] for p in params],
-                                    [self.state[p]["exp_avg_sq"] for p in params], step)
+            self.check_grad(param, param.grad, type(self).__name__)
+            projection = self.projection(param, group, tensor_id, grad=param.grad)
+            shape = projection.subspace_shape(param.shape) if projection else param.shape
+            self._check_state(param, shape)
+            if projection is None:
+                plain.append((group, param))
+            else:
+                projected.append((group, param, projection))
+        for group, param, projection in projected:
+            state = self._moments(param, projection.subspace_shape(param.shape))
+            if group["projector"] != "random":
+                state["basis"] = projection.basis
+            t = int(state["step"])
+            reference.projected_adam_(param, param.grad, state["exp_avg"], state["exp_avg_sq"], projection,
+                                      scale=group["scale"], residual=group.get("residual", False),
+                                      **adam_hyper(group, t))
+        batches = defaultdict(list)
+        for group, param in plain:
+            batches[(id(group), int(self._moments(param, param.shape)["step"]))].append((group, param))
+        for (_, t), members in batches.items():
+            group, params = members[0][0], [p for _, p in members]
+            multi_tensor_adam.adam_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
+                                    [self.state[p]["exp_avg_sq"] for p in params], **adam_hyper(group, t))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -148,8 +167,5 @@ class LowRankAdamW(LorenzaOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        todo = [(group, p, i) for group, p, i in self.params_with_ids() if p.grad is not None]
-        for _, p, _ in todo:  # every check before any change
-            self.check_grad(p, p.grad, type(self).__name__)
-        self.adam_updates(todo)
+        self.adam_updates([(group, p, i) for group, p, i in self.params_with_ids() if p.grad is not None])
         return loss

@@ -73,7 +73,8 @@ class Lorenza(LowRankAdamW):
                  zo_eps=1e-3, zo_queries=1, residual=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                          update_gap=update_gap, scale=scale, projector=projector, stagger=stagger,
-                         seed=seed, rho=rho, zo_eps=zo_eps, zo_queries=zo_queries, residual=residual)
+                         seed=seed, _extra_defaults=dict(rho=rho, zo_eps=zo_eps, zo_queries=zo_queries,
+                                                         residual=residual))
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
