@@ -75,7 +75,8 @@ def _as_lists(coeffs, keys):
     keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
     if len(coeffs) != len(keys):
         raise ValueError(f"got {len(coeffs)} coefficients for {len(keys)} noise streams")
-    return coeffs, keys
+    kept = [(c, k) for c, k in zip(coeffs, keys) if c != 0.0]  # a zero term costs a whole stream
+    return [c for c, _ in kept], [k for _, k in kept]
 
 
 @torch.no_grad()
@@ -88,6 +89,8 @@ def add_randn_(tensor: torch.Tensor, coeffs, keys) -> torch.Tensor:
     coeffs, keys = _as_lists(coeffs, keys)
     if not tensor.is_contiguous():
         raise ValueError("add_randn_ needs a contiguous tensor")
+    if not keys:
+        return tensor
     flat = tensor.view(-1)
     for start, values in _combined_chunks(flat.numel(), coeffs, keys, tensor.device):
         flat[start:start + values.numel()].add_(values)
@@ -98,6 +101,8 @@ def randn_norm_sq(numel: int, coeffs, keys, device=None) -> torch.Tensor:
     """``||sum_j coeffs[j] * z_j||^2`` over the first ``numel`` elements, as a float64 scalar tensor."""
     coeffs, keys = _as_lists(coeffs, keys)
     total = torch.zeros((), dtype=torch.float64, device=device)
+    if not keys:
+        return total
     for _, values in _combined_chunks(numel, coeffs, keys, device):
         total += values.double().square().sum()
     return total

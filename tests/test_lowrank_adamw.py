@@ -253,3 +253,44 @@ def test_param_groups_helper_projects_linear_weights_only():
     groups = lorenza.param_groups(model)
     assert {id(p) for p in groups[0]["params"]} == {id(model.up.weight)}
     assert all(p.requires_grad for g in groups for p in g["params"])
+
+
+def test_a_failing_refresh_changes_no_weight_and_no_state():
+    W2, b, W = (torch.randn(12, 8, requires_grad=True), torch.randn(8, requires_grad=True),
+                torch.randn(10, 6, requires_grad=True))
+    opt = LowRankAdamW([W2, b, W], rank=3, projector="svd")
+    W2.grad, b.grad = torch.randn_like(W2), torch.randn_like(b)
+    W.grad = torch.full_like(W, float("nan"))  # the SVD of W's gradient fails
+    before = [t.detach().clone() for t in (W2, b, W)]
+    with pytest.raises(RuntimeError):
+        opt.step()
+    assert all(torch.equal(t.detach(), s) for t, s in zip((W2, b, W), before))
+    assert not any(opt.state[t] for t in (W2, b, W))
+
+
+def test_changing_rank_after_stepping_is_refused_before_any_change():
+    W = torch.randn(10, 6, requires_grad=True)
+    opt = LowRankAdamW([W], rank=3)
+    W.grad = torch.randn_like(W)
+    opt.step()
+    opt.param_groups[0].update(rank=2, update_gap=1)  # the next step refreshes at rank 2
+    before = W.detach().clone()
+    with pytest.raises(ValueError, match="moments of shape"):
+        opt.step()
+    assert torch.equal(W.detach(), before)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_plain_parameters_follow_the_adam_formula(dtype):
+    """bf16/fp16 parameters take the per-tensor path with fp32 moments (not the fused kernel)."""
+    p = torch.randn(33, dtype=dtype, requires_grad=True)
+    grads = [torch.randn(33, dtype=dtype) for _ in range(4)]
+    start = p.detach().float()
+    opt = LowRankAdamW([p], lr=1e-2, weight_decay=0.1)
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.float32
+    expected = adam_reference(start, [g.float() for g in grads], 1e-2, (0.9, 0.999), 1e-6, 0.1)
+    # each step rounds the weight to the parameter's dtype: 4 roundings of |w| ~ 3
+    torch.testing.assert_close(p.detach().float(), expected, rtol=0, atol=8 * torch.finfo(dtype).eps * 4)

@@ -245,3 +245,25 @@ def test_bad_hyperparameters_raise(kwargs, match):
 def test_adazosam_refuses_a_rank():
     with pytest.raises(ValueError, match="full-rank"):
         AdaZoSAM([{"params": list(mlp().parameters()), "rank": 4}])
+
+
+def test_a_non_contiguous_parameter_is_refused_before_any_weight_moves():
+    a = torch.nn.Parameter(torch.randn(5, 4))
+    b = torch.nn.Parameter(torch.randn(4, 3).t())
+    opt = AdaZoSAM([a, b])
+    before = [a.detach().clone(), b.detach().clone()]
+    with pytest.raises(ValueError, match="contiguous"):
+        opt.step(lambda: (a.sum() + b.sum()) ** 2)
+    assert torch.equal(a.detach(), before[0]) and torch.equal(b.detach(), before[1])
+
+
+def test_a_failing_closure_keeps_the_users_gradients():
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    w.grad = torch.ones_like(w)
+    opt = AdaZoSAM([w], rho=0.0)
+
+    def closure():
+        raise KeyError("boom")
+    with pytest.raises(KeyError):
+        opt.step(closure)
+    assert torch.equal(w.grad, torch.ones_like(w))

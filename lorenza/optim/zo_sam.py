@@ -4,7 +4,7 @@ import warnings
 
 import torch
 
-from .. import random
+from .. import backend, random
 from ..random import Stream, stream_key
 from . import _checks
 from .lowrank_adamw import LowRankAdamW
@@ -22,6 +22,14 @@ class _Direction:
 
     def __init__(self, param, group, keys, projection):
         self.param, self.group, self.keys, self.projection = param, group, keys, projection
+
+    def check(self) -> None:
+        """Raise now, before any weight moves, for what would make a move fail halfway."""
+        if self.projection is None:
+            if not self.param.is_contiguous():
+                raise ValueError(f"a full-rank probe needs contiguous parameters; one of shape "
+                                 f"{tuple(self.param.shape)} is not (call .contiguous() on it)")
+            backend.resolve("noise", self.param.device)
 
     def _subspace_sum(self, coeffs):
         shape = self.projection.subspace_shape(self.param.shape)
@@ -153,7 +161,7 @@ class Lorenza(LowRankAdamW):
     def _ascent(self, directions, coeffs):
         """Per-direction coefficients of ``e = rho * g_hat / ||g_hat||`` (None when g_hat = 0)."""
         g_hat = [c / len(coeffs) for c in coeffs]
-        norm = float(sum(d.norm_sq(g_hat) for d in directions)) ** 0.5
+        norm = sum(float(d.norm_sq(g_hat)) for d in directions) ** 0.5
         if norm == 0.0:
             return None
         return lambda d: [d.group["rho"] * c / norm for c in g_hat]
@@ -162,9 +170,13 @@ class Lorenza(LowRankAdamW):
         """Move to ``W + e``, run forward and backward, move back; returns the loss there."""
         name = type(self).__name__
 
+        previous_grads = [param.grad for _, param, _ in trainable]
+
         def undo():
             if ascent is not None:
                 self._move(directions, lambda d: [-c for c in ascent(d)])
+            for (_, param, _), grad in zip(trainable, previous_grads):
+                param.grad = grad
 
         for _, param, _ in trainable:
             param.grad = None
@@ -181,8 +193,11 @@ class Lorenza(LowRankAdamW):
                                  "it must be computed from the parameters with grad enabled")
             try:
                 loss.backward()
-            finally:
+            except BaseException:
                 undo()
+                raise
+            if ascent is not None:
+                self._move(directions, lambda d: [-c for c in ascent(d)])
         return loss.detach()
 
     @torch.no_grad()
@@ -192,15 +207,19 @@ class Lorenza(LowRankAdamW):
             raise TypeError(f"{name}.step() needs a closure: a callable that runs the forward pass "
                             f"and returns the loss (without calling backward), got {closure!r}")
         trainable = [entry for entry in self.params_with_ids() if entry[1].requires_grad]
-        for _, param, _ in trainable:
-            if param.is_complex():
-                raise TypeError(f"{name} does not support complex parameters")
         probing = any(group["rho"] > 0 for group, _, _ in trainable)
         directions = self._directions(trainable) if probing else []
+        for _, param, _ in trainable:  # every check before the first move
+            if param.is_complex():
+                raise TypeError(f"{name} does not support complex parameters")
+        for direction in directions:
+            direction.check()
         loss, ascent = None, None
         if directions:
             coeffs, loss = self._probe(closure, directions)
             ascent = self._ascent(directions, coeffs) if coeffs else None
+            if coeffs is None:
+                loss = None  # the probe's loss was not finite: report the loss at the SAM point
         sam_loss = self._sam_gradient(closure, trainable, directions, ascent)
         if not torch.isfinite(sam_loss):
             warnings.warn(f"{name}: non-finite loss at the SAM point; skipping the update",
