@@ -17,7 +17,6 @@ from setuptools import setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 PACKAGES = ["lorenza", "lorenza.optim", "lorenza.reference", "lorenza.kernels"]
-PACKAGE_DIR = {"lorenza.kernels": "kernels"}
 
 
 def _env_flag(name: str) -> bool:
@@ -92,7 +91,6 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     packages=PACKAGES,
-    package_dir=PACKAGE_DIR,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -1,1 +1,0 @@
-"""Triton kernels of lorenza (installed as ``lorenza.kernels``)."""
