@@ -82,7 +82,7 @@ def state_bytes(opt) -> int:
 def make_optimizer(name, model, args):
     groups = lorenza.param_groups(model, rank=args.rank, update_gap=args.update_gap, scale=args.scale)
     if name == "AdamW":
-        return torch.optim.AdamW(model.parameters(), lr=args.lr)
+        return torch.optim.AdamW(model.parameters(), lr=args.lr, eps=1e-6, weight_decay=0.0)  # as ours
     if name == "LowRankAdamW":
         return lorenza.LowRankAdamW(groups, lr=args.lr, seed=0)
     return lorenza.Lorenza(groups, lr=args.lr, rho=args.rho, seed=0)

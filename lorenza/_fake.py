@@ -1,10 +1,12 @@
 """Fake (meta) kernels for the ops ``lorenza._C`` defines, so they trace under torch.compile."""
 import torch
 
+from .reference.rsvd import compute_dtype
+
 
 @torch.library.register_fake("lorenza::rsvd")
 def _rsvd_fake(A, rank, oversample, power_iters, key):
-    dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(A.dtype)
     *batch, m, n = A.shape
     return (
         A.new_empty((*batch, m, rank), dtype=dtype),

@@ -83,7 +83,7 @@ def _triton_import_error():
     return None
 
 
-def _triton_reason(op: str, device: torch.device):
+def _triton_reason(device: torch.device):
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return f"tensors on {device.type} need TRITON_INTERPRET=1 for Triton"
     return _triton_import_error()
@@ -92,7 +92,7 @@ def _triton_reason(op: str, device: torch.device):
 def _why_not(backend: str, op: str, device: torch.device):
     if backend == TORCH:
         return None
-    return _ext_reason(device) if backend == EXT else _triton_reason(op, device)
+    return _ext_reason(device) if backend == EXT else _triton_reason(device)
 
 
 def _explicit(op: str):

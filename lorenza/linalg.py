@@ -2,12 +2,8 @@
 import torch
 
 from . import backend
-from .random import Stream, stream_key
+from .random import Stream, draw_seed, stream_key
 from .reference import rsvd as reference
-
-
-def _draw_seed(generator) -> int:
-    return int(torch.randint(0, 2**63 - 1, (), generator=generator).item())
 
 
 def rsvd(A: torch.Tensor, rank: int, oversample: int = 8, power_iters: int = 2, *,
@@ -36,7 +32,7 @@ def rsvd(A: torch.Tensor, rank: int, oversample: int = 8, power_iters: int = 2, 
         raise ValueError(f"rsvd: power_iters must be an int >= 0, got {power_iters}")
     if seed is not None and generator is not None:
         raise ValueError("rsvd: pass seed or generator, not both")
-    key = stream_key(_draw_seed(generator) if seed is None else seed, Stream.RSVD)
+    key = stream_key(draw_seed(generator) if seed is None else seed, Stream.RSVD)
     if backend.resolve("rsvd", A.device) == backend.EXT:
         return torch.ops.lorenza.rsvd(A, rank, oversample, power_iters, key)
     return reference.rsvd(A, rank, oversample, power_iters, key)

@@ -8,6 +8,7 @@ import torch
 
 from . import linalg
 from .random import Stream, randn, stream_key
+from .reference.rsvd import compute_dtype as work_dtype  # moments and bases: fp32, fp64 for fp64
 
 KINDS = ("rsvd", "svd", "random")
 PROJ_TYPES = ("std", "reverse_std", "left", "right")  # GaLore's proj_type values we support
@@ -27,11 +28,6 @@ def side_for(shape, proj_type: str) -> str:
 def last_refresh(step: int, gap: int, offset: int) -> int:
     """The latest step ``s <= step`` at which the basis was refreshed (0, then ``s % gap == offset``)."""
     return step - (step - offset) % gap if step >= offset else 0
-
-
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Moments and bases are float32 (float64 for float64 parameters)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def basis_shape(shape, rank: int, side: str):
@@ -76,13 +72,12 @@ class Projection:
 
     def lift_add_(self, weight: torch.Tensor, N: torch.Tensor, alpha: float) -> None:
         """``weight += alpha * lift(N)``, written into ``weight`` (no ``m x n`` temporary in fp32/fp64)."""
-        alpha = alpha * self.lift_scale
-        if weight.dtype != N.dtype:
-            weight.add_(self.basis @ N if self.side == "left" else N @ self.basis, alpha=alpha)
+        if weight.dtype != N.dtype:  # low-precision weight: lift in fp32, round once
+            weight.add_(self.lift(N), alpha=alpha)
         elif self.side == "left":
-            weight.addmm_(self.basis, N, alpha=alpha)
+            weight.addmm_(self.basis, N, alpha=alpha * self.lift_scale)
         else:
-            weight.addmm_(N, self.basis, alpha=alpha)
+            weight.addmm_(N, self.basis, alpha=alpha * self.lift_scale)
 
     def lifted_norm_sq(self, Z: torch.Tensor) -> torch.Tensor:
         """``||lift(Z)||^2`` computed at rank r through the basis' Gram matrix."""

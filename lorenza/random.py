@@ -24,6 +24,12 @@ class Stream(IntEnum):
     BASIS = 3  # a Gaussian projection basis ("random" projector)
 
 
+def draw_seed(generator: torch.Generator = None) -> int:
+    """A base seed from ``generator`` (torch's default one if None), so ``torch.manual_seed``
+    makes runs repeatable."""
+    return int(torch.randint(0, 2**62, (), generator=generator).item())
+
+
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64

@@ -5,11 +5,6 @@ from torch.optim import Optimizer
 from . import _checks
 
 
-def draw_seed() -> int:
-    """A base seed from torch's default generator, so ``torch.manual_seed`` makes runs repeatable."""
-    return int(torch.randint(0, 2**62, ()).item())
-
-
 class LorenzaOptimizer(Optimizer):
     """``torch.optim.Optimizer`` plus the conventions of this package.
 

@@ -5,10 +5,10 @@ from collections import defaultdict
 import torch
 
 from .. import projector as proj
-from ..random import Stream, stream_key
+from ..random import Stream, draw_seed, stream_key
 from ..reference import adam as reference
 from . import _checks, multi_tensor_adam
-from .base import LorenzaOptimizer, draw_seed
+from .base import LorenzaOptimizer
 
 # GaLore's group keys, accepted as they are.
 ALIASES = {"update_proj_gap": "update_gap"}

@@ -3,7 +3,6 @@
 ``step_size = lr * sqrt(1 - b2^t) / (1 - b1^t)`` and ``decay = lr * weight_decay`` come in as
 numbers; weight decay is applied after the update, as GaLore does.
 """
-import torch
 
 
 def _moments_(M, V, R, beta1, beta2):
