@@ -119,6 +119,25 @@ def test_refresh_schedule_and_stagger():
     assert refreshed == {0: [0, 4, 8], 1: [0, 1, 5], 2: [0, 2, 6]}
 
 
+def test_stagger_counts_projected_parameters_only():
+    """Biases between the weights do not shift the weights' refresh offsets."""
+    params = []
+    for _ in range(3):
+        params += [torch.randn(30, 20, requires_grad=True), torch.randn(30, requires_grad=True)]
+    weights = params[::2]
+    opt = LowRankAdamW(params, rank=4, update_gap=3, projector="svd", stagger=True)
+    refreshed = {i: [] for i in range(3)}
+    for step in range(6):
+        for q in params:
+            q.grad = torch.randn_like(q)
+        old = [opt.state[w].get("basis") for w in weights]
+        opt.step()
+        for i, w in enumerate(weights):
+            if old[i] is None or opt.state[w]["basis"] is not old[i]:
+                refreshed[i].append(step)
+    assert refreshed == {0: [0, 3], 1: [0, 1, 4], 2: [0, 2, 5]}
+
+
 def test_state_dict_round_trip_continues_bit_identically():
     params, loss_fn = quadratic_problem()
     kw = dict(lr=1e-2, rank=5, update_gap=3, weight_decay=0.01)

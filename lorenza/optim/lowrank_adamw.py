@@ -74,9 +74,15 @@ class LowRankAdamW(LorenzaOptimizer):
         rank = group["rank"]
         return rank is not None and param.dim() == 2 and rank < min(param.shape)
 
-    @staticmethod
-    def _refresh_offset(group: dict, tensor_id: int) -> int:
-        return tensor_id % group["update_gap"] if group["stagger"] else 0
+    def index_projected(self) -> None:
+        """Number the projected parameters 0, 1, ...: ``stagger`` spreads refreshes by this index."""
+        self._projected_index = {}
+        for group, param, _ in self.params_with_ids():
+            if self.is_projected(param, group):
+                self._projected_index[id(param)] = len(self._projected_index)
+
+    def _refresh_offset(self, param, group: dict) -> int:
+        return self._projected_index[id(param)] % group["update_gap"] if group["stagger"] else 0
 
     def projection(self, param, group, tensor_id, grad=None):
         """The parameter's :class:`Projection` for its current step, or None when unprojected.
@@ -95,7 +101,7 @@ class LowRankAdamW(LorenzaOptimizer):
             step -= 1  # the basis the previous step used
         kind, gap = group["projector"], group["update_gap"]
         side = proj.side_for(param.shape, group["proj_type"])
-        refresh = proj.last_refresh(step, gap, self._refresh_offset(group, tensor_id))
+        refresh = proj.last_refresh(step, gap, self._refresh_offset(param, group))
         seed = stream_key(group["seed"], Stream.BASIS, tensor_id, refresh)
         if kind == "random":  # regenerated, never stored
             basis = proj.compute_basis(param, group["rank"], side, kind, seed)
@@ -134,6 +140,7 @@ class LowRankAdamW(LorenzaOptimizer):
         Projected parameters go one by one through the subspace; the others are batched into
         multi-tensor calls per group and step count.
         """
+        self.index_projected()
         projected, plain = [], []
         for group, param, tensor_id in entries:
             self.check_grad(param, param.grad, type(self).__name__)

@@ -99,6 +99,7 @@ class Lorenza(LowRankAdamW):
     # -- the pieces of a step -----------------------------------------------------------------
 
     def _directions(self, trainable):
+        self.index_projected()
         directions = []
         for group, param, tensor_id in trainable:
             step = int(self.state[param]["step"]) if "step" in self.state[param] else 0
