@@ -227,6 +227,7 @@ def test_nan_at_the_sam_point_skips_the_update():
     with pytest.warns(RuntimeWarning, match="skipping the update"):
         opt.step(lambda: (w * float("inf")).sum())
     assert torch.equal(w.detach(), before) and not opt.state[w]
+    assert opt.param_groups[0]["zo_step"] == 1  # the next step probes new directions
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -73,7 +73,9 @@ class Lorenza(LowRankAdamW):
     must not call ``backward()``. The step replaces ``.grad`` with the SAM gradient and returns
     the loss at ``W`` (the mean of the first probe pair). A probe whose loss is NaN/Inf restores
     the weights and skips the ascent for that step (with a warning); a gradient pass whose loss
-    is NaN/Inf skips the update, leaving weights and state as they were.
+    is NaN/Inf skips the update, leaving weights and state as they were. The probe directions
+    of step k are regenerated from ``(seed, k, query, tensor id)``; the group key ``zo_step``
+    counts k (saved in ``state_dict``) and advances even when an update is skipped.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=128,
@@ -82,13 +84,14 @@ class Lorenza(LowRankAdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                          update_gap=update_gap, scale=scale, projector=projector, stagger=stagger,
                          seed=seed, _extra_defaults=dict(rho=rho, zo_eps=zo_eps, zo_queries=zo_queries,
-                                                         residual=residual))
+                                                         residual=residual, zo_step=0))
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
         _checks.non_negative("rho", group["rho"])
         _checks.positive("zo_eps", group["zo_eps"])
         _checks.int_at_least("zo_queries", group["zo_queries"], 1)
+        _checks.int_at_least("zo_step", group["zo_step"], 0)
         if not isinstance(group["residual"], bool):
             raise TypeError(f"residual must be a bool, got {type(group['residual']).__name__}")
         for key in ("zo_eps", "zo_queries"):  # one probe serves every group
@@ -102,8 +105,7 @@ class Lorenza(LowRankAdamW):
         self.index_projected()
         directions = []
         for group, param, tensor_id in trainable:
-            step = int(self.state[param]["step"]) if "step" in self.state[param] else 0
-            keys = [stream_key(group["seed"], Stream.PROBE, step, j, tensor_id)
+            keys = [stream_key(group["seed"], Stream.PROBE, group["zo_step"], j, tensor_id)
                     for j in range(group["zo_queries"])]
             projection = self.projection(param, group, tensor_id)
             if self.is_projected(param, group) and projection is None:
@@ -222,6 +224,8 @@ class Lorenza(LowRankAdamW):
             if coeffs is None:
                 loss = None  # the probe's loss was not finite: report the loss at the SAM point
         sam_loss = self._sam_gradient(closure, trainable, directions, ascent)
+        for group in self.param_groups:  # the probe seed moves on, even if the update is skipped
+            group["zo_step"] += 1
         if not torch.isfinite(sam_loss):
             warnings.warn(f"{name}: non-finite loss at the SAM point; skipping the update",
                           RuntimeWarning, stacklevel=2)
