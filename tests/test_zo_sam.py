@@ -268,3 +268,18 @@ def test_a_failing_closure_keeps_the_users_gradients():
     with pytest.raises(KeyError):
         opt.step(closure)
     assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_residual_on_bf16_matches_the_fp32_rule_to_bf16_rounding():
+    torch.manual_seed(6)
+    start = torch.randn(9, 5)
+    target = torch.randn(9, 5)
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        W = start.to(dtype, copy=True).requires_grad_()
+        opt = Lorenza([W], lr=0.1, rho=0.0, rank=2, projector="svd", residual=True, seed=0)
+        opt.step(lambda: ((W.float() - target) ** 2).sum())
+        results.append(W.detach().float())
+    moved = (results[0] - start).abs()
+    assert float(moved.max()) > 1e-2
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=2 * 2**-8 * float(start.abs().max()))

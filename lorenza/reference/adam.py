@@ -41,6 +41,9 @@ def projected_adam_(param, grad, M, V, projection, *, scale, residual, beta1, be
     if residual:
         r_norm = R.norm()
         phi = float(N.norm() / r_norm) if r_norm > 0 else 0.0
-        param.add_(grad, alpha=-alpha * phi)
-        projection.lift_add_(param, R, alpha * phi)
+        if param.dtype == R.dtype:  # in place, two roundings at the weight's own precision
+            param.add_(grad, alpha=-alpha * phi)
+            projection.lift_add_(param, R, alpha * phi)
+        else:  # a low-precision weight takes Delta formed in fp32 and rounds once
+            param.add_(grad.to(R.dtype) - projection.lift(R), alpha=-alpha * phi)
     _decay_(param, decay)
