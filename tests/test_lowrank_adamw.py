@@ -104,30 +104,10 @@ def test_state_is_low_rank_and_loss_falls(projector, shape):
     assert float(loss_fn(params).detach()) < 0.8 * before
 
 
-def test_refresh_schedule_and_stagger():
-    p = [torch.randn(30, 20, requires_grad=True) for _ in range(3)]
-    refreshed = {i: [] for i in range(3)}
-    opt = LowRankAdamW(p, rank=4, update_gap=4, projector="svd", stagger=True)
-    for step in range(9):
-        for q in p:
-            q.grad = torch.randn_like(q)
-        old = [opt.state[q].get("basis") for q in p]
-        opt.step()
-        for i, q in enumerate(p):
-            if old[i] is None or opt.state[q]["basis"] is not old[i]:
-                refreshed[i].append(step)
-    assert refreshed == {0: [0, 4, 8], 1: [0, 1, 5], 2: [0, 2, 6]}
-
-
-def test_stagger_counts_projected_parameters_only():
-    """Biases between the weights do not shift the weights' refresh offsets."""
-    params = []
-    for _ in range(3):
-        params += [torch.randn(30, 20, requires_grad=True), torch.randn(30, requires_grad=True)]
-    weights = params[::2]
-    opt = LowRankAdamW(params, rank=4, update_gap=3, projector="svd", stagger=True)
-    refreshed = {i: [] for i in range(3)}
-    for step in range(6):
+def refresh_steps(opt, params, weights, steps):
+    """For each weight, the steps at which its basis was recomputed."""
+    refreshed = {i: [] for i in range(len(weights))}
+    for step in range(steps):
         for q in params:
             q.grad = torch.randn_like(q)
         old = [opt.state[w].get("basis") for w in weights]
@@ -135,7 +115,22 @@ def test_stagger_counts_projected_parameters_only():
         for i, w in enumerate(weights):
             if old[i] is None or opt.state[w]["basis"] is not old[i]:
                 refreshed[i].append(step)
-    assert refreshed == {0: [0, 3], 1: [0, 1, 4], 2: [0, 2, 5]}
+    return refreshed
+
+
+def test_refresh_schedule_and_stagger():
+    p = [torch.randn(30, 20, requires_grad=True) for _ in range(3)]
+    opt = LowRankAdamW(p, rank=4, update_gap=4, projector="svd", stagger=True)
+    assert refresh_steps(opt, p, p, 9) == {0: [0, 4, 8], 1: [0, 1, 5], 2: [0, 2, 6]}
+
+
+def test_stagger_counts_projected_parameters_only():
+    """Biases between the weights do not shift the weights' refresh offsets."""
+    params = []
+    for _ in range(3):
+        params += [torch.randn(30, 20, requires_grad=True), torch.randn(30, requires_grad=True)]
+    opt = LowRankAdamW(params, rank=4, update_gap=3, projector="svd", stagger=True)
+    assert refresh_steps(opt, params, params[::2], 6) == {0: [0, 3], 1: [0, 1, 4], 2: [0, 2, 5]}
 
 
 def test_state_dict_round_trip_continues_bit_identically():
