@@ -161,7 +161,8 @@ class LowRankAdamW(LorenzaOptimizer):
                                       **adam_hyper(group, t))
         batches = defaultdict(list)
         for group, param in plain:
-            batches[(id(group), int(self._moments(param, param.shape)["step"]))].append((group, param))
+            state = self._moments(param, param.shape)
+            batches[(id(group), int(state["step"]))].append((group, param))
         for (_, t), members in batches.items():
             group, params = members[0][0], [p for _, p in members]
             multi_tensor_adam.adam_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],

@@ -175,9 +175,12 @@ class Lorenza(LowRankAdamW):
 
         previous_grads = [param.grad for _, param, _ in trainable]
 
-        def undo():
+        def move_back():
             if ascent is not None:
                 self._move(directions, lambda d: [-c for c in ascent(d)])
+
+        def undo():
+            move_back()
             for (_, param, _), grad in zip(trainable, previous_grads):
                 param.grad = grad
 
@@ -199,8 +202,7 @@ class Lorenza(LowRankAdamW):
             except BaseException:
                 undo()
                 raise
-            if ascent is not None:
-                self._move(directions, lambda d: [-c for c in ascent(d)])
+            move_back()
         return loss.detach()
 
     @torch.no_grad()
@@ -230,10 +232,7 @@ class Lorenza(LowRankAdamW):
             warnings.warn(f"{name}: non-finite loss at the SAM point; skipping the update",
                           RuntimeWarning, stacklevel=2)
             return sam_loss if loss is None else loss
-        with_grad = [(g, p, i) for g, p, i in trainable if p.grad is not None]
-        for _, param, _ in with_grad:
-            self.check_grad(param, param.grad, name)
-        self.adam_updates(with_grad)
+        self.adam_updates([(g, p, i) for g, p, i in trainable if p.grad is not None])
         return sam_loss if loss is None else loss
 
 
