@@ -22,6 +22,8 @@ class Stream(IntEnum):
     PROBE = 1  # zeroth-order probe directions (also regenerated for the SAM ascent)
     RSVD = 2  # the Gaussian test matrix of a randomized SVD
     BASIS = 3  # a Gaussian projection basis ("random" projector)
+    LOW_RANK_U = 4  # LOZO's left factor U, fresh every step
+    LOW_RANK_V = 5  # LOZO's right factor V, fresh every nu steps
 
 
 def draw_seed(generator: torch.Generator = None) -> int:
@@ -63,8 +65,7 @@ def randn(shape, key: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
     return out if dtype == torch.float32 else out.to(dtype)
 
 
-def _combined_chunks(numel: int, coeffs, keys, device):
-    """Yield ``(start, values)`` with ``values = sum_j coeffs[j] * z_j`` over consecutive chunks."""
+def _chunks(numel: int, coeffs, keys, device):
     size = max(1, min(numel, philox.CHUNK))
     acc = torch.empty(size, dtype=torch.float32, device=device)
     tmp = torch.empty(size, dtype=torch.float32, device=device) if len(keys) > 1 else None
@@ -85,30 +86,42 @@ def _as_lists(coeffs, keys):
     return [c for c, _ in kept], [k for _, k in kept]
 
 
-@torch.no_grad()
-def add_randn_(tensor: torch.Tensor, coeffs, keys) -> torch.Tensor:
-    """In place ``tensor += sum_j coeffs[j] * z_j``, ``z_j`` the stream ``keys[j]`` shaped like it.
-
-    The noise is made chunk by chunk, so no tensor-sized temporary is allocated; arithmetic is
-    float32 whatever the tensor's dtype.
-    """
+def noise_chunks(numel: int, coeffs, keys, device=None):
+    """Yield ``(start, values)`` with ``values = sum_j coeffs[j] * z_j`` over consecutive chunks of
+    the first ``numel`` elements (nothing when every coefficient is 0); ``values`` is a float32
+    buffer reused from one chunk to the next."""
     coeffs, keys = _as_lists(coeffs, keys)
+    if keys:
+        yield from _chunks(numel, coeffs, keys, device)
+
+
+@torch.no_grad()
+def add_randn_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0) -> torch.Tensor:
+    """In place ``tensor = scale * tensor + sum_j coeffs[j] * z_j``, ``z_j`` the stream ``keys[j]``
+    shaped like it.
+
+    The noise is made chunk by chunk and each chunk of ``tensor`` is updated while it is in cache,
+    so no tensor-sized temporary is allocated. Arithmetic is float32 (float64 for a float64
+    tensor), rounded once to the tensor's dtype.
+    """
     if not tensor.is_contiguous():
         raise ValueError("add_randn_ needs a contiguous tensor")
+    coeffs, keys = _as_lists(coeffs, keys)
     if not keys:
-        return tensor
+        return tensor.mul_(scale) if scale != 1.0 else tensor
     flat = tensor.view(-1)
-    for start, values in _combined_chunks(flat.numel(), coeffs, keys, tensor.device):
-        flat[start:start + values.numel()].add_(values)
+    for start, values in _chunks(flat.numel(), coeffs, keys, tensor.device):
+        chunk = flat[start:start + values.numel()]
+        if scale == 1.0:
+            chunk.add_(values)
+        else:
+            chunk.copy_(values.to(torch.promote_types(values.dtype, chunk.dtype)).add_(chunk, alpha=scale))
     return tensor
 
 
 def randn_norm_sq(numel: int, coeffs, keys, device=None) -> torch.Tensor:
     """``||sum_j coeffs[j] * z_j||^2`` over the first ``numel`` elements, as a float64 scalar tensor."""
-    coeffs, keys = _as_lists(coeffs, keys)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    if not keys:
-        return total
-    for _, values in _combined_chunks(numel, coeffs, keys, device):
+    for _, values in noise_chunks(numel, coeffs, keys, device):
         total += values.double().square().sum()
     return total

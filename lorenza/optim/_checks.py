@@ -44,3 +44,10 @@ def optional_rank(value):
 def one_of(name: str, value, choices):
     if value not in choices:
         raise ValueError(f"Invalid {name} value: {value!r} (choose one of {', '.join(map(repr, choices))})")
+
+
+def same_in_every_group(keys, group: dict, groups) -> None:
+    """Raise unless ``group`` agrees with the first of ``groups`` on ``keys`` (optimizer-wide values)."""
+    for key in keys:
+        if groups and group[key] != groups[0][key]:
+            raise ValueError(f"{key} must be the same in every param group: got {group[key]} and {groups[0][key]}")

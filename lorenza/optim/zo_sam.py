@@ -4,60 +4,10 @@ import warnings
 
 import torch
 
-from .. import backend, random
-from ..random import Stream, stream_key
-from . import _checks
+from . import _checks, two_point
+from .directions import ProbeDirection, one_hot, probe_keys
 from .lowrank_adamw import LowRankAdamW
-
-BACKWARD_IN_CLOSURE = ("the closure must return the loss without calling backward(): "
-                       "{name}.step() chooses the grad mode and calls backward itself")
-
-
-class _Direction:
-    """A parameter's probe directions ``D_j``, regenerated from their keys whenever needed.
-
-    In the subspace (``projection`` set): ``D_j = lift(Z_j)`` with ``Z_j`` shaped like the
-    projected gradient; otherwise ``D_j`` is a Gaussian shaped like the parameter.
-    """
-
-    def __init__(self, param, group, keys, projection):
-        self.param, self.group, self.keys, self.projection = param, group, keys, projection
-
-    def check(self) -> None:
-        """Raise now, before any weight moves, for what would make a move fail halfway."""
-        if self.projection is None:
-            if not self.param.is_contiguous():
-                raise ValueError(f"a full-rank probe needs contiguous parameters; one of shape "
-                                 f"{tuple(self.param.shape)} is not (call .contiguous() on it)")
-            backend.resolve("noise", self.param.device)
-
-    def _subspace_sum(self, coeffs):
-        shape = self.projection.subspace_shape(self.param.shape)
-        dtype = self.projection.basis.dtype
-        total = None
-        for coeff, key in zip(coeffs, self.keys):
-            if coeff:
-                term = random.randn(shape, key, device=self.param.device, dtype=dtype).mul_(coeff)
-                total = term if total is None else total.add_(term)
-        return total
-
-    def move_(self, coeffs):
-        """``param += sum_j coeffs[j] * D_j``."""
-        if self.projection is None:
-            random.add_randn_(self.param, coeffs, self.keys)
-            return
-        combined = self._subspace_sum(coeffs)
-        if combined is not None:
-            self.projection.lift_add_(self.param, combined, 1.0)
-
-    def norm_sq(self, coeffs) -> torch.Tensor:
-        """``||sum_j coeffs[j] * D_j||^2``."""
-        if self.projection is None:
-            return random.randn_norm_sq(self.param.numel(), coeffs, self.keys, self.param.device)
-        combined = self._subspace_sum(coeffs)
-        if combined is None:
-            return torch.zeros((), dtype=torch.float64)
-        return self.projection.lifted_norm_sq(combined).double()
+from .two_point import BACKWARD_IN_CLOSURE
 
 
 class Lorenza(LowRankAdamW):
@@ -94,10 +44,7 @@ class Lorenza(LowRankAdamW):
         _checks.int_at_least("zo_step", group["zo_step"], 0)
         if not isinstance(group["residual"], bool):
             raise TypeError(f"residual must be a bool, got {type(group['residual']).__name__}")
-        for key in ("zo_eps", "zo_queries"):  # one probe serves every group
-            if self.param_groups and group[key] != self.param_groups[0][key]:
-                raise ValueError(f"{key} must be the same in every param group: got {group[key]} "
-                                 f"and {self.param_groups[0][key]}")
+        _checks.same_in_every_group(("zo_eps", "zo_queries"), group, self.param_groups)  # one probe serves all
 
     # -- the pieces of a step -----------------------------------------------------------------
 
@@ -105,12 +52,11 @@ class Lorenza(LowRankAdamW):
         self.index_projected()
         directions = []
         for group, param, tensor_id in trainable:
-            keys = [stream_key(group["seed"], Stream.PROBE, group["zo_step"], j, tensor_id)
-                    for j in range(group["zo_queries"])]
+            keys = probe_keys(group, tensor_id, group["zo_queries"])
             projection = self.projection(param, group, tensor_id)
             if self.is_projected(param, group) and projection is None:
                 continue  # no subspace before the first step: D = 0 for this parameter
-            directions.append(_Direction(param, group, keys, projection))
+            directions.append(ProbeDirection(param, group, keys, projection))
         return directions
 
     @staticmethod
@@ -119,40 +65,17 @@ class Lorenza(LowRankAdamW):
         for direction in directions:
             direction.move_(coeffs_of(direction))
 
-    def _evaluate(self, closure, undo):
-        """Run the closure; on any failure undo the current perturbation and raise."""
-        name = type(self).__name__
-        try:
-            loss = closure()
-        except RuntimeError as err:
-            undo()
-            if not torch.is_grad_enabled() and "does not require grad" in str(err):
-                raise ValueError(BACKWARD_IN_CLOSURE.format(name=name)) from err
-            raise
-        except BaseException:
-            undo()
-            raise
-        if not torch.is_tensor(loss) or loss.numel() != 1:
-            undo()
-            shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
-            raise ValueError(f"{name}: the closure must return a scalar loss tensor, got {shape}")
-        return loss
-
-    def _probe(self, closure, directions):
+    def _probe(self, closure, directions, devices):
         """Two-point estimates ``c_j``; None if a loss was not finite (weights restored)."""
         mu, queries = directions[0].group["zo_eps"], directions[0].group["zo_queries"]
         coeffs, first_loss = [], None
         for j in range(queries):
-            def at(offset):
-                return lambda d: [offset * mu if i == j else 0.0 for i in range(queries)]
-            self._move(directions, at(1.0))
-            loss_plus = self._evaluate(closure, undo=lambda: self._move(directions, at(-1.0)))
-            self._move(directions, at(-2.0))
-            loss_minus = self._evaluate(closure, undo=lambda: self._move(directions, at(1.0)))
-            self._move(directions, at(1.0))
+            def move(alpha):
+                self._move(directions, lambda d: one_hot(j, alpha, queries))
+            loss_plus, loss_minus = two_point.losses(closure, move, mu, type(self).__name__, devices)
             plus, minus = float(loss_plus), float(loss_minus)
             if first_loss is None:
-                first_loss = (loss_plus.detach() + loss_minus.detach()) / 2
+                first_loss = (loss_plus + loss_minus) / 2
             if not (math.isfinite(plus) and math.isfinite(minus)):
                 warnings.warn(f"{type(self).__name__}: non-finite loss in a zeroth-order probe "
                               f"(f+={plus}, f-={minus}); skipping the SAM ascent this step",
@@ -189,7 +112,7 @@ class Lorenza(LowRankAdamW):
         if ascent is not None:
             self._move(directions, ascent)
         with torch.enable_grad():
-            loss = self._evaluate(closure, undo)
+            loss = two_point.evaluate(closure, undo, name)
             if any(param.grad is not None for _, param, _ in trainable):
                 undo()
                 raise ValueError(BACKWARD_IN_CLOSURE.format(name=name))
@@ -208,9 +131,7 @@ class Lorenza(LowRankAdamW):
     @torch.no_grad()
     def step(self, closure=None):
         name = type(self).__name__
-        if closure is None or not callable(closure):
-            raise TypeError(f"{name}.step() needs a closure: a callable that runs the forward pass "
-                            f"and returns the loss (without calling backward), got {closure!r}")
+        two_point.require_closure(closure, name)
         trainable = [entry for entry in self.params_with_ids() if entry[1].requires_grad]
         probing = any(group["rho"] > 0 for group, _, _ in trainable)
         directions = self._directions(trainable) if probing else []
@@ -221,7 +142,8 @@ class Lorenza(LowRankAdamW):
             direction.check()
         loss, ascent = None, None
         if directions:
-            coeffs, loss = self._probe(closure, directions)
+            devices = two_point.cuda_devices(p for _, p, _ in trainable)
+            coeffs, loss = self._probe(closure, directions, devices)
             ascent = self._ascent(directions, coeffs) if coeffs else None
             if coeffs is None:
                 loss = None  # the probe's loss was not finite: report the loss at the SAM point

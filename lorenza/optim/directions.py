@@ -1,0 +1,69 @@
+"""Probe directions of the zeroth-order estimates, regenerated from their noise keys, never stored.
+
+A direction object belongs to one parameter and holds the keys of its ``q`` directions
+``D_1 .. D_q`` for the current step; ``move_(coeffs, scale)`` sets
+``param = scale * param + sum_j coeffs[j] * D_j`` in place.
+"""
+import torch
+
+from .. import backend, random
+from ..random import Stream, stream_key
+
+
+def probe_keys(group: dict, tensor_id: int, queries: int) -> list:
+    """The keys of a parameter's Gaussian probes ``j = 0 .. queries - 1`` at the current step.
+
+    Probe ``j`` of tensor ``i`` at step ``k`` (the group's ``zo_step``) is the stream
+    ``stream_key(seed, Stream.PROBE, k, j, i)`` of :mod:`lorenza.random`.
+    """
+    return [stream_key(group["seed"], Stream.PROBE, group["zo_step"], j, tensor_id) for j in range(queries)]
+
+
+class ProbeDirection:
+    """Gaussian directions: full-shaped (MeZO, AdaZeta, AdaZoSAM), or ``D_j = lift(Z_j)`` with
+    ``Z_j`` shaped like the projected gradient when ``projection`` is set (Lorenza)."""
+
+    def __init__(self, param, group, keys, projection=None):
+        self.param, self.group, self.keys, self.projection = param, group, keys, projection
+
+    def check(self) -> None:
+        """Raise now, before any weight moves, for what would make a move fail halfway."""
+        if self.projection is None:
+            if not self.param.is_contiguous():
+                raise ValueError(f"a full-rank probe needs contiguous parameters; one of shape "
+                                 f"{tuple(self.param.shape)} is not (call .contiguous() on it)")
+            backend.resolve("noise", self.param.device)
+
+    def _subspace_sum(self, coeffs):
+        shape = self.projection.subspace_shape(self.param.shape)
+        dtype = self.projection.basis.dtype
+        total = None
+        for coeff, key in zip(coeffs, self.keys):
+            if coeff:
+                term = random.randn(shape, key, device=self.param.device, dtype=dtype).mul_(coeff)
+                total = term if total is None else total.add_(term)
+        return total
+
+    def move_(self, coeffs, scale: float = 1.0) -> None:
+        if self.projection is None:
+            random.add_randn_(self.param, coeffs, self.keys, scale=scale)
+            return
+        if scale != 1.0:
+            self.param.mul_(scale)
+        combined = self._subspace_sum(coeffs)
+        if combined is not None:
+            self.projection.lift_add_(self.param, combined, 1.0)
+
+    def norm_sq(self, coeffs) -> torch.Tensor:
+        """``||sum_j coeffs[j] * D_j||^2``."""
+        if self.projection is None:
+            return random.randn_norm_sq(self.param.numel(), coeffs, self.keys, self.param.device)
+        combined = self._subspace_sum(coeffs)
+        if combined is None:
+            return torch.zeros((), dtype=torch.float64)
+        return self.projection.lifted_norm_sq(combined).double()
+
+
+def one_hot(index: int, value: float, length: int) -> list:
+    """Coefficients that move along direction ``index`` only."""
+    return [value if i == index else 0.0 for i in range(length)]
