@@ -16,7 +16,7 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-PACKAGES = ["lorenza", "lorenza.optim", "lorenza.reference", "lorenza.kernels"]
+PACKAGES = ["lorenza", "lorenza.optim", "lorenza.reference", "lorenza.kernels", "lorenza.adapters"]
 
 
 def _env_flag(name: str) -> bool:

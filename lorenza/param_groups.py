@@ -7,7 +7,7 @@ from torch import nn
 HEAD_NAMES = ("lm_head", "head", "output", "classifier", "score", "embed_out")
 
 
-def _matches(name: str, patterns) -> bool:
+def name_matches(name: str, patterns) -> bool:
     """A pattern matches a parameter name as a glob or as a substring."""
     return any(fnmatch.fnmatchcase(name, p) or p in name for p in patterns or ())
 
@@ -34,8 +34,8 @@ def param_groups(model: nn.Module, rank: int = 128, update_gap: int = 200, scale
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        chosen = linear_weights.get(id(param), False) or (param.dim() == 2 and _matches(name, include))
-        (projected if chosen and not _matches(name, exclude) else plain).append(param)
+        chosen = linear_weights.get(id(param), False) or (param.dim() == 2 and name_matches(name, include))
+        (projected if chosen and not name_matches(name, exclude) else plain).append(param)
     groups = []
     if projected:
         groups.append({"params": projected, "rank": rank, "update_gap": update_gap, "scale": scale})

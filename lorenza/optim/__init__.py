@@ -1,5 +1,8 @@
 """The optimizers, one family per file."""
+from .adazeta import AdaZeta
 from .lowrank_adamw import LowRankAdamW
+from .lozo import LOZO
+from .mezo import MeZO
 from .zo_sam import AdaZoSAM, Lorenza
 
-__all__ = ["LowRankAdamW", "Lorenza", "AdaZoSAM"]
+__all__ = ["LowRankAdamW", "Lorenza", "AdaZoSAM", "MeZO", "LOZO", "AdaZeta"]

@@ -1,0 +1,79 @@
+"""AdaZeta: zeroth-order fine-tuning with an adaptive query schedule (Yang et al. 2024;
+ALGORITHMS.md section 5). Its tensor-train adapters are in :mod:`lorenza.adapters`."""
+import math
+
+from . import _checks
+from .zeroth_order import ZerothOrderOptimizer
+
+DEFAULT_RATE = 0.5  # the official code's inc_rate
+
+
+def query_count(epoch: int, shrink: float, rate: float, q_max: int) -> int:
+    """Queries of epoch ``epoch`` (0-based): ``min(max(floor(shrink * epoch^rate), 1), q_max)``."""
+    return min(max(math.floor(shrink * epoch**rate), 1), q_max)
+
+
+def rate_for_target(q_target: float, shrink: float, epochs: int) -> float:
+    """The rate at which ``shrink * epochs^rate = q_target``: ``ln(q_target / shrink) / ln(epochs)``."""
+    return math.log(q_target / shrink) / math.log(epochs)
+
+
+class AdaZeta(ZerothOrderOptimizer):
+    """MeZO with a number of queries that grows with the epoch, made to keep ZO fine-tuning from
+    diverging.
+
+    In epoch ``e = step // steps_per_epoch`` each step averages ``Q_e`` two-point estimates,
+    ``Q_e = min(max(floor(shrink * e^rate), 1), q_max)``, each along its own Gaussian direction
+    ``z_i``: ``W <- W - lr ((1/Q_e) sum_i c_i z_i + weight_decay W)`` (no decay on 1-D
+    parameters), the ``z_i`` regenerated from their seeds and never stored, the restore of the
+    last probe fused into the update. ``rate`` may be given, or derived from ``q_target``, the
+    count reached at ``e = epochs`` (the run's number of epochs):
+    ``rate = ln(q_target / shrink) / ln(epochs)``, as the official code computes it; with neither,
+    ``rate = 0.5``. ``steps_per_epoch`` (optimizer steps in one epoch) is required. Pair it with
+    :func:`lorenza.adapters.add_tt_adapters` to train tensor-train adapters, as the paper does.
+    The closure contract and the handling of failures are those of
+    :class:`~lorenza.optim.zeroth_order.ZerothOrderOptimizer`.
+    """
+
+    shared_keys = ZerothOrderOptimizer.shared_keys + ("steps_per_epoch", "shrink", "rate", "q_target",
+                                                      "epochs", "q_max")
+
+    def __init__(self, params, lr=1e-4, zo_eps=1e-3, steps_per_epoch=None, shrink=0.85, rate=None,
+                 q_target=None, q_max=15, weight_decay=0.0, seed=None, *, epochs=None):
+        if steps_per_epoch is None:
+            raise ValueError("AdaZeta needs steps_per_epoch: the number of optimizer steps in one epoch, "
+                             "from which it counts epochs for its query schedule")
+        super().__init__(params, dict(lr=lr, zo_eps=zo_eps, steps_per_epoch=steps_per_epoch, shrink=shrink,
+                                      rate=rate, q_target=q_target, epochs=epochs, q_max=q_max,
+                                      weight_decay=weight_decay, seed=seed))
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        _checks.int_at_least("steps_per_epoch", group["steps_per_epoch"], 1)
+        _checks.positive("shrink", group["shrink"])
+        _checks.int_at_least("q_max", group["q_max"], 1)
+        if group["rate"] is not None:
+            _checks.non_negative("rate", group["rate"])
+            if group["q_target"] is not None:
+                raise ValueError("give rate or q_target, not both (q_target sets the rate)")
+        if group["q_target"] is not None:
+            _checks.positive("q_target", group["q_target"])
+            if group["epochs"] is None:
+                raise ValueError("q_target needs epochs, the run's number of epochs, to derive the rate")
+        if group["epochs"] is not None:
+            _checks.int_at_least("epochs", group["epochs"], 2)
+
+    def rate(self) -> float:
+        group = self.param_groups[0]
+        if group["q_target"] is not None:
+            return rate_for_target(group["q_target"], group["shrink"], group["epochs"])
+        return DEFAULT_RATE if group["rate"] is None else group["rate"]
+
+    def queries_at(self, step: int = None) -> int:
+        """The number of two-point estimates of step ``step`` (default: the next step)."""
+        group = self.param_groups[0]
+        step = self.zo_step if step is None else step
+        return query_count(step // group["steps_per_epoch"], group["shrink"], self.rate(), group["q_max"])
+
+    def _queries(self) -> int:
+        return self.queries_at()

@@ -1,0 +1,127 @@
+"""LOZO and LOZO-M: zeroth-order SGD with low-rank perturbations (Chen et al. 2024;
+ALGORITHMS.md section 4)."""
+import torch
+
+from .. import random
+from ..random import Stream, stream_key
+from ..reference.rsvd import compute_dtype as work_dtype
+from . import _checks
+from .directions import ProbeDirection, probe_keys
+from .zeroth_order import ZerothOrderOptimizer
+
+
+def low_rank_factor(group: dict, stream: Stream, step: int, tensor_id: int, rows: int, device) -> torch.Tensor:
+    """``U`` (``stream=LOW_RANK_U``, fresh each step) or ``V`` (``LOW_RANK_V``, ``step`` = its refresh
+    step): a ``rows x rank`` Gaussian regenerated from the group's seed, in float32."""
+    key = stream_key(group["seed"], stream, step, tensor_id)
+    return random.randn((rows, group["rank"]), key, device=device)
+
+
+class LowRankDirection:
+    """LOZO's direction ``D = U V^T`` of a 2-D weight; ``U V^T`` is never formed (``addmm_``)."""
+
+    def __init__(self, param, group, tensor_id):
+        m, n = param.shape
+        step = group["zo_step"]
+        self.param, self.group, self.tensor_id = param, group, tensor_id
+        self.v_refresh = step - step % group["nu"]
+        self.U = low_rank_factor(group, Stream.LOW_RANK_U, step, tensor_id, m, param.device)
+        self.V = low_rank_factor(group, Stream.LOW_RANK_V, self.v_refresh, tensor_id, n, param.device)
+        self._V_t = self.V.T.to(param.dtype)
+
+    def check(self) -> None:
+        pass  # addmm_ writes any layout in place
+
+    def move_(self, coeffs, scale: float = 1.0) -> None:
+        (alpha,) = coeffs
+        self.add_(self.U, alpha, scale)
+
+    def add_(self, left: torch.Tensor, alpha: float, scale: float) -> None:
+        """``param = scale * param + alpha * left V^T`` for an ``m x rank`` ``left``."""
+        self.param.addmm_(left.to(self.param.dtype), self._V_t, beta=scale, alpha=alpha)
+
+    def previous_V(self) -> torch.Tensor:
+        """The ``V`` of the refresh period before this one."""
+        return low_rank_factor(self.group, Stream.LOW_RANK_V, self.v_refresh - self.group["nu"],
+                               self.tensor_id, self.V.shape[0], self.param.device)
+
+
+class LOZO(ZerothOrderOptimizer):
+    """Zeroth-order SGD whose 2-D weights move along a low-rank ``D = U V^T``.
+
+    ``U`` (``m x rank``) is fresh every step, ``V`` (``n x rank``) every ``nu`` steps, both
+    regenerated from the seed and never stored; other parameters take MeZO's full Gaussian ``z``.
+    With ``c = (f+ - f-) / (2 zo_eps)`` the update is ``W <- W - lr (c U V^T + weight_decay W)``
+    (no decay on 1-D parameters; no ``1/rank`` factor, as in the official code: the learning
+    rate absorbs it), fused with the restore of the probe into one ``addmm_`` per weight. Unlike
+    the official code, the update always uses the probe's own ``U``, also on the steps that
+    refresh ``V``.
+
+    ``momentum=beta > 0`` gives LOZO-M: ``N`` (``m x rank``, float32) follows
+    ``N <- beta N + (1 - beta) c U`` and the weight moves by ``-lr N V^T``; when ``V`` is refreshed
+    ``N <- beta N V_old^T V_new / n + (1 - beta) c U``, and the first step sets ``N = c U``, as the
+    official rule. Other parameters keep a full-shaped momentum of ``c z`` the same way. The
+    closure contract and the handling of failures are those of
+    :class:`~lorenza.optim.zeroth_order.ZerothOrderOptimizer`.
+    """
+
+    def __init__(self, params, lr=1e-7, zo_eps=1e-3, rank=2, nu=50, momentum=0.0, weight_decay=0.0, seed=None):
+        super().__init__(params, dict(lr=lr, zo_eps=zo_eps, rank=rank, nu=nu, momentum=momentum,
+                                      weight_decay=weight_decay, seed=seed))
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        _checks.int_at_least("rank", group["rank"], 1)
+        _checks.int_at_least("nu", group["nu"], 1)
+        _checks.non_negative("momentum", group["momentum"])
+        if group["momentum"] >= 1.0:
+            raise ValueError(f"Invalid momentum value: {group['momentum']} (must be in [0, 1))")
+
+    def _directions(self, trainable, queries):
+        return [LowRankDirection(param, group, tensor_id) if param.dim() == 2
+                else ProbeDirection(param, group, probe_keys(group, tensor_id, queries))
+                for group, param, tensor_id in trainable]
+
+    def _update_one(self, direction, coeffs, mu):
+        beta = direction.group["momentum"]
+        if beta == 0.0:
+            super()._update_one(direction, coeffs, mu)
+        elif isinstance(direction, LowRankDirection):
+            self._momentum_low_rank(direction, coeffs[0], beta, mu)
+        else:
+            self._momentum_full(direction, coeffs[0], beta, mu)
+
+    def _momentum_low_rank(self, direction, c, beta, mu):
+        param, group = direction.param, direction.group
+        state, U = self.state[param], direction.U.to(work_dtype(param.dtype))
+        N = state.get("momentum_buffer")
+        if N is None:
+            state["momentum_buffer"] = N = c * U
+        else:
+            if direction.v_refresh == group["zo_step"]:  # V changed: carry N over to the new basis
+                n = direction.V.shape[0]
+                V_old, V = direction.previous_V().to(N.dtype), direction.V.to(N.dtype)
+                N.copy_(N @ (V_old.T @ V)).mul_(beta / n)
+            else:
+                N.mul_(beta)
+            N.add_(U, alpha=(1 - beta) * c)
+        scale = self.decay_scale(param, group)
+        direction.add_((U * (scale * mu)).sub_(N, alpha=group["lr"]), 1.0, scale)
+
+    def _momentum_full(self, direction, c, beta, mu):
+        param, group = direction.param, direction.group
+        state = self.state[param]
+        first = "momentum_buffer" not in state
+        if first:
+            state["momentum_buffer"] = torch.zeros_like(param, dtype=work_dtype(param.dtype),
+                                                        memory_format=torch.contiguous_format)
+        flat_w, flat_n = param.view(-1), state["momentum_buffer"].view(-1)
+        scale, lr = self.decay_scale(param, group), group["lr"]
+        for start, z in random.noise_chunks(param.numel(), 1.0, direction.keys[0], param.device):
+            w, n = flat_w[start:start + z.numel()], flat_n[start:start + z.numel()]
+            z = z.to(n.dtype)  # float64 for float64 weights
+            if first:
+                n.copy_(z).mul_(c)
+            else:
+                n.mul_(beta).add_(z, alpha=(1 - beta) * c)
+            w.copy_(z.mul_(scale * mu).add_(n, alpha=-lr).add_(w, alpha=scale))  # rounded once

@@ -1,0 +1,122 @@
+"""The forward-only step that MeZO, LOZO and AdaZeta share (ALGORITHMS.md sections 3 to 5)."""
+import math
+import warnings
+
+import torch
+
+from ..random import draw_seed
+from . import _checks, two_point
+from .base import LorenzaOptimizer
+from .directions import ProbeDirection, one_hot, probe_keys
+
+
+class ZerothOrderOptimizer(LorenzaOptimizer):
+    """A step made of forward passes only: ``q`` two-point estimates, then an update.
+
+    For each query ``j``: ``f+ = f(W + zo_eps D_j)``, ``f- = f(W - zo_eps D_j)``,
+    ``c_j = (f+ - f-) / (2 zo_eps)``, where every trainable parameter moves along its own
+    direction (regenerated from the noise keys, never stored). The default update is SGD on the
+    estimate, fused with the restore of the last probe into one pass over each weight:
+    ``W <- s W - lr (1/q) sum_j c_j D_j`` with ``s = 1 - lr * weight_decay`` for weights of two
+    or more dimensions and ``s = 1`` for the others (MeZO exempts biases and norms from decay).
+
+    The directions are MeZO's (a full-shaped Gaussian per parameter); subclasses may change them
+    (``_directions``), the number of queries (``_queries``) and the update (``_update_one``).
+
+    ``step(closure)``: ``closure()`` runs the forward pass on the same batch every time it is
+    called and returns the scalar loss tensor; it runs under ``torch.no_grad()`` and must not call
+    ``backward()``. Both evaluations of a pair start from the same random-generator state, so
+    dropout masks are shared. The step returns the mean of the first pair, the loss at ``W`` to
+    O(zo_eps^2). If the closure raises, the weights are restored and nothing else changes. If a
+    loss is NaN/Inf, the weights are restored, the update is skipped with a ``RuntimeWarning``,
+    and the step counter still advances so the next step draws new directions.
+
+    The group key ``zo_step`` counts steps (in ``state_dict``; the same in every group): with the
+    base ``seed`` it names every random direction, so a resumed optimizer continues bit for bit.
+    """
+
+    shared_keys = ("zo_eps",)  # one probe moves every group: these must agree across groups
+
+    def __init__(self, params, defaults: dict):
+        seed = defaults.get("seed")
+        defaults = dict(defaults, seed=draw_seed() if seed is None else seed, zo_step=0)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        if self.param_groups and "zo_step" not in param_group:  # a late group joins the step count
+            param_group = dict(param_group, zo_step=self.param_groups[0]["zo_step"])
+        super().add_param_group(param_group)
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        _checks.positive("zo_eps", group["zo_eps"])
+        _checks.non_negative("weight_decay", group["weight_decay"])
+        _checks.int_at_least("zo_step", group["zo_step"], 0)
+        _checks.same_in_every_group(self.shared_keys + ("zo_step",), group, self.param_groups)
+
+    @property
+    def zo_step(self) -> int:
+        """Completed steps (skipped ones included): the step index of the next call."""
+        return self.param_groups[0]["zo_step"]
+
+    # -- what subclasses define ---------------------------------------------------------------
+
+    def _queries(self) -> int:
+        return 1
+
+    def _directions(self, trainable, queries: int) -> list:
+        """One direction object per ``(group, param, tensor_id)`` (see ``directions.py``)."""
+        return [ProbeDirection(param, group, probe_keys(group, tensor_id, queries))
+                for group, param, tensor_id in trainable]
+
+    @staticmethod
+    def decay_scale(param, group: dict) -> float:
+        return 1.0 - group["lr"] * group["weight_decay"] if param.dim() >= 2 else 1.0
+
+    def _update_one(self, direction, coeffs, mu: float) -> None:
+        """SGD on the estimate; the weight is at ``W - mu D_q`` on entry (last probe not undone)."""
+        group, scale = direction.group, self.decay_scale(direction.param, direction.group)
+        step = [-group["lr"] * c / len(coeffs) for c in coeffs]
+        step[-1] += scale * mu
+        direction.move_(step, scale=scale)
+
+    # -- the step -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        name = type(self).__name__
+        two_point.require_closure(closure, name)
+        trainable = [entry for entry in self.params_with_ids() if entry[1].requires_grad]
+        for _, param, _ in trainable:  # every check before the first move
+            if param.is_complex():
+                raise TypeError(f"{name} does not support complex parameters")
+        queries = self._queries()
+        directions = self._directions(trainable, queries)
+        for direction in directions:
+            direction.check()
+        mu = self.param_groups[0]["zo_eps"]
+        devices = two_point.cuda_devices(param for _, param, _ in trainable)
+        coeffs, loss = [], None
+        for j in range(queries):
+            last = j == queries - 1
+
+            def move(alpha, j=j):
+                for direction in directions:
+                    direction.move_(one_hot(j, alpha, queries))
+            loss_plus, loss_minus = two_point.losses(closure, move, mu, name, devices, restore=not last)
+            plus, minus = float(loss_plus), float(loss_minus)
+            if loss is None:
+                loss = (loss_plus + loss_minus) / 2
+            if not (math.isfinite(plus) and math.isfinite(minus)):
+                if last:
+                    move(mu)
+                warnings.warn(f"{name}: non-finite loss in probe {j} of step {self.zo_step} (f+={plus}, "
+                              f"f-={minus}); weights restored, update skipped", RuntimeWarning, stacklevel=2)
+                break
+            coeffs.append((plus - minus) / (2 * mu))
+        else:
+            for direction in directions:
+                self._update_one(direction, coeffs, mu)
+        for group in self.param_groups:
+            group["zo_step"] += 1
+        return loss
