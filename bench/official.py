@@ -27,33 +27,49 @@ def _decays(param) -> bool:
     return param.dim() >= 2
 
 
-def mezo_step(params, closure, seeds, lr, zo_eps, weight_decay, noise=global_normal):
-    """One step with a two-point estimate per seed (MeZO: one seed; AdaZeta: ``Q_e`` seeds): four
-    passes over the weights per seed, each allocating new tensors, then the update through a
-    full-size gradient buffer. Returns the loss at ``W + zo_eps z`` of the last seed, as MeZO."""
-    def perturb(seed, scaling_factor):
-        z = noise(seed)
-        for i, param in enumerate(params):
-            param.data = param.data + scaling_factor * z(i, param) * zo_eps
-    grads = []
-    for seed in seeds:
-        perturb(seed, 1)
-        loss1 = closure()
-        perturb(seed, -2)
-        loss2 = closure()
-        grads.append(((loss1 - loss2) / (2 * zo_eps)).item())
-        perturb(seed, 1)
+def _perturb(params, z, scaling_factor, zo_eps):
+    for i, param in enumerate(params):
+        param.data = param.data + scaling_factor * z(i, param) * zo_eps
+
+
+def _projected_grad(params, closure, seed, zo_eps, noise):
+    """The official probe pair: perturb, evaluate, perturb back twice, evaluate, restore."""
+    _perturb(params, noise(seed), 1, zo_eps)
+    loss1 = closure()
+    _perturb(params, noise(seed), -2, zo_eps)
+    loss2 = closure()
+    _perturb(params, noise(seed), 1, zo_eps)
+    return ((loss1 - loss2) / (2 * zo_eps)).item(), loss1
+
+
+def _apply(param, direction, lr, weight_decay):
+    if _decays(param):
+        param.data = param.data - lr * (direction + weight_decay * param.data)
+    else:
+        param.data = param.data - lr * direction
+
+
+def mezo_step(params, closure, seed, lr, zo_eps, weight_decay, noise=global_normal):
+    """One MeZO step: four passes over the weights, each allocating new tensors; the update
+    regenerates each parameter's z and applies it at once. Returns f(W + zo_eps z), as MeZO."""
+    projected_grad, loss1 = _projected_grad(params, closure, seed, zo_eps, noise)
+    z = noise(seed)
+    for i, param in enumerate(params):
+        _apply(param, projected_grad * z(i, param), lr, weight_decay)
+    return loss1
+
+
+def adazeta_step(params, closure, seeds, lr, zo_eps, weight_decay, noise=global_normal):
+    """One AdaZeta step: a MeZO probe pair per seed, then the estimates summed into a full-size
+    buffer per parameter (all parameters at once) and applied."""
+    grads = [_projected_grad(params, closure, seed, zo_eps, noise)[0] for seed in seeds]
     buffers = [0.0] * len(params)
     for seed, grad in zip(seeds, grads):
         z = noise(seed)
         for i, param in enumerate(params):
             buffers[i] = buffers[i] + grad * z(i, param)
     for param, buffer in zip(params, buffers):
-        if _decays(param):
-            param.data = param.data - lr * (buffer / len(seeds) + weight_decay * param.data)
-        else:
-            param.data = param.data - lr * buffer / len(seeds)
-    return loss1
+        _apply(param, buffer / len(seeds), lr, weight_decay)
 
 
 class LOZOState:
@@ -79,7 +95,8 @@ def lozo_step(params, closure, state: LOZOState, seed, lr, zo_eps, weight_decay,
                 if state.step % nu == 0:
                     state.v[i] = torch.randn(param.data.size(1), rank, device=param.device, dtype=param.dtype,
                                              generator=generator)
-                u = torch.randn(param.data.size(0), rank, device=param.device, dtype=param.dtype, generator=generator)
+                u = torch.randn(param.data.size(0), rank, device=param.device, dtype=param.dtype,
+                                generator=generator)
                 param.data = param.data + scaling_factor * (u @ state.v[i].t()) * zo_eps
             else:
                 param.data = param.data + scaling_factor * z(i, param) * zo_eps
@@ -92,12 +109,10 @@ def lozo_step(params, closure, state: LOZOState, seed, lr, zo_eps, weight_decay,
     z = global_normal(seed, generator)
     for i, param in enumerate(params):
         if param.data.ndim >= 2:
-            u = torch.randn(param.data.size(0), rank, device=param.device, dtype=param.dtype, generator=generator)
+            u = torch.randn(param.data.size(0), rank, device=param.device, dtype=param.dtype,
+                            generator=generator)
             direction = u @ state.v[i].t()
         else:
             direction = z(i, param)
-        if _decays(param):
-            param.data = param.data - lr * (projected_grad * direction + weight_decay * param.data)
-        else:
-            param.data = param.data - lr * (projected_grad * direction)
+        _apply(param, projected_grad * direction, lr, weight_decay)
     return loss1

@@ -13,6 +13,7 @@ run prints its train and held-out loss and accuracy before and after, and its st
 import argparse
 import ast
 import copy
+import math
 import os
 import pathlib
 import random
@@ -46,24 +47,25 @@ def docstrings_and_code(max_files: int = 80):
                 if 25 <= len(first) <= 120:
                     prose.append(first)
             elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Return)) and node.lineno == node.end_lineno:
-                # column offsets count UTF-8 bytes
-                line = lines[node.lineno - 1].encode()[node.col_offset:node.end_col_offset].decode(errors="ignore")
+                encoded = lines[node.lineno - 1].encode()  # column offsets count UTF-8 bytes
+                line = encoded[node.col_offset:node.end_col_offset].decode(errors="ignore")
                 if 25 <= len(line) <= 120:
                     code.append(line)
     return prose, code
 
 
-def make_split(n_per_class: int, seed: int = 0):
-    """``(train, held_out)``, each a list of ``(text, label)`` with ``n_per_class`` of each class
-    (0 = prose, 1 = code), shuffled with ``seed``."""
+def make_split(train_per_class: int, held_out_per_class: int, seed: int = 0):
+    """``(train, held_out)``: lists of ``(text, label)`` (0 = prose, 1 = code) with the given number
+    of samples of each class, disjoint, shuffled with ``seed``."""
     prose, code = docstrings_and_code()
     rng = random.Random(seed)
     rng.shuffle(prose)
     rng.shuffle(code)
-    if min(len(prose), len(code)) < 2 * n_per_class:
-        raise ValueError(f"only {len(prose)} prose and {len(code)} code samples for {n_per_class} per class")
+    total = train_per_class + held_out_per_class
+    if min(len(prose), len(code)) < total:
+        raise ValueError(f"only {len(prose)} prose and {len(code)} code samples for {total} per class")
     split = []
-    for part in (slice(0, n_per_class), slice(n_per_class, 2 * n_per_class)):
+    for part in (slice(0, train_per_class), slice(train_per_class, total)):
         samples = [(t, 0) for t in prose[part]] + [(t, 1) for t in code[part]]
         rng.shuffle(samples)
         split.append(samples)
@@ -110,18 +112,20 @@ def evaluate(model, batch, labels):
 
 # Learning rates of the head and of the body (the last encoder layer, or AdaZeta's adapters). The
 # body's are small for MeZO and LOZO: a zeroth-order step moves all of a layer's 1.8M weights at
-# random, and only a small learning rate keeps that walk from undoing the pretrained features.
-# LOZO's are smaller than MeZO's: without a 1/rank factor its expected step is rank times larger.
-LEARNING_RATES = {"MeZO": (1e-2, 1e-4), "LOZO": (2e-3, 1e-6), "LOZO-M": (2e-3, 1e-6), "AdaZeta": (1e-2, 1e-2)}
+# random, and only a small learning rate keeps that walk from undoing the pretrained features (and
+# from feeding the head noise that makes it diverge). LOZO's are smaller than MeZO's: without a
+# 1/rank factor its expected step is rank times larger.
+LEARNING_RATES = {"MeZO": (3e-3, 3e-5), "LOZO": (1e-3, 1e-6), "LOZO-M": (1e-3, 1e-6), "AdaZeta": (1e-2, 1e-2)}
 
 
-def prepare(name: str, base: MiniLMClassifier, args):
+def prepare(name: str, base: MiniLMClassifier, args, steps_per_epoch: int):
     """A fresh copy of the model, its trainable parameters chosen, and the optimizer ``name``."""
     model = copy.deepcopy(base).eval()  # eval: no dropout, as in MeZO's forward passes
     head_lr, body_lr = LEARNING_RATES[name]
+    head_lr, body_lr = args.head_lr or head_lr, args.body_lr or body_lr
     if name == "AdaZeta":
-        adapters = lorenza.adapters.add_tt_adapters(model, targets=["output.dense"], bottleneck=args.bottleneck,
-                                                    tt_rank=args.tt_rank, trainable=["head"])
+        adapters = lorenza.adapters.add_tt_adapters(model, targets=["output.dense"], trainable=["head"],
+                                                    bottleneck=args.bottleneck, tt_rank=args.tt_rank)
         body = [p for adapter in adapters.values() for p in adapter.parameters()]
     else:
         model.requires_grad_(False)
@@ -130,7 +134,7 @@ def prepare(name: str, base: MiniLMClassifier, args):
             param.requires_grad_(True)
     groups = [{"params": list(model.head.parameters()), "lr": head_lr}, {"params": body, "lr": body_lr}]
     if name == "AdaZeta":
-        return model, lorenza.AdaZeta(groups, zo_eps=args.zo_eps, steps_per_epoch=args.steps_per_epoch,
+        return model, lorenza.AdaZeta(groups, zo_eps=args.zo_eps, steps_per_epoch=steps_per_epoch,
                                       q_max=args.q_max, seed=args.seed)
     if name == "MeZO":
         return model, lorenza.MeZO(groups, zo_eps=args.zo_eps, seed=args.seed)
@@ -139,16 +143,26 @@ def prepare(name: str, base: MiniLMClassifier, args):
 
 
 def finetune(name: str, base: MiniLMClassifier, train, held_out, args) -> dict:
-    """Train with optimizer ``name`` on the full training batch; losses and accuracies before and after."""
+    """Train with optimizer ``name`` on random batches of the training set (the whole set, in order,
+    when ``args.batch`` covers it), the learning rate decayed linearly to zero by a torch LR
+    scheduler unless ``args.lr_decay`` is off; losses and accuracies before and after."""
     torch.manual_seed(0)
-    model, opt = prepare(name, base, args)
+    inputs, labels = train
+    model, opt = prepare(name, base, args, steps_per_epoch=math.ceil(len(labels) / args.batch))
+    decay = (lambda k: 1 - k / args.steps) if args.lr_decay else (lambda k: 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, decay)
     before = evaluate(model, *train) + evaluate(model, *held_out)
-    batch, labels = train
+    order = torch.Generator().manual_seed(args.seed)
     times = []
     for _ in range(args.steps):
+        pick = slice(None)  # the whole set
+        if args.batch < len(labels):
+            pick = torch.randperm(len(labels), generator=order)[:args.batch]
+        batch = {key: value[pick] for key, value in inputs.items()}
         start = time.perf_counter()
-        opt.step(lambda: F.cross_entropy(model(**batch), labels))
+        opt.step(lambda: F.cross_entropy(model(**batch), labels[pick]))  # the same batch for every probe
         times.append(time.perf_counter() - start)
+        schedule.step()
     after = evaluate(model, *train) + evaluate(model, *held_out)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return dict(zip(("train_loss0", "train_acc0", "val_loss0", "val_acc0"), before),
@@ -159,15 +173,20 @@ def finetune(name: str, base: MiniLMClassifier, train, held_out, args) -> dict:
 def parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--per-class", type=int, default=12, help="training (and held-out) examples per class")
+    p.add_argument("--per-class", type=int, default=64, help="training examples per class")
+    p.add_argument("--held-out-per-class", type=int, default=32)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, default=True,
+                   help="decay the learning rates linearly to zero over the run")
     p.add_argument("--max-length", type=int, default=16)
     p.add_argument("--optimizers", default="MeZO,LOZO,LOZO-M,AdaZeta")
     p.add_argument("--zo-eps", type=float, default=1e-3)
+    p.add_argument("--head-lr", type=float, help="the head's learning rate (default: per optimizer)")
+    p.add_argument("--body-lr", type=float, help="the body's learning rate (default: per optimizer)")
     p.add_argument("--lozo-rank", type=int, default=4)
     p.add_argument("--nu", type=int, default=10, help="LOZO's V refresh gap")
     p.add_argument("--momentum", type=float, default=0.7, help="LOZO-M's momentum")
     p.add_argument("--seed", type=int, default=0, help="the optimizers' noise seed")
-    p.add_argument("--steps-per-epoch", type=int, default=20, help="AdaZeta's epoch length for its query schedule")
     p.add_argument("--q-max", type=int, default=4, help="AdaZeta's largest number of queries")
     p.add_argument("--bottleneck", type=int, default=16)
     p.add_argument("--tt-rank", type=int, default=5)
@@ -178,12 +197,13 @@ def main(argv=None) -> dict:
     args = parser().parse_args(argv)
     tokenizer, encoder = load_minilm()
     base = MiniLMClassifier(encoder)
-    train_samples, held_out_samples = make_split(args.per_class)
+    train_samples, held_out_samples = make_split(args.per_class, args.held_out_per_class)
     train = encode(tokenizer, train_samples, args.max_length)
     held_out = encode(tokenizer, held_out_samples, args.max_length)
     print(f"MiniLM ({sum(p.numel() for p in base.parameters()):,} parameters), stdlib docstrings vs code, "
           f"{len(train_samples)} train / {len(held_out_samples)} held-out, {args.steps} steps")
-    print(f"{'optimizer':<9}{'trainable':>11}{'train loss':>16}{'held-out loss':>16}{'held-out acc':>14}{'ms/step':>9}")
+    print(f"{'optimizer':<9}{'trainable':>11}{'train loss':>16}{'held-out loss':>16}{'held-out acc':>14}"
+          f"{'ms/step':>9}")
     results = {}
     for name in args.optimizers.split(","):
         r = results[name] = finetune(name, base, train, held_out, args)

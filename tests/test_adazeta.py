@@ -9,7 +9,8 @@ from bench import official
 from test_mezo import lorenza_noise
 
 
-@pytest.mark.parametrize("epoch, expected", [(0, 1), (1, 1), (2, 2), (3, 4), (4, 6), (5, 9), (6, 12), (7, 15), (20, 15)])
+@pytest.mark.parametrize("epoch, expected", [(0, 1), (1, 1), (2, 2), (3, 4), (4, 6), (5, 9), (6, 12), (7, 15),
+                                             (20, 15)])
 def test_the_query_schedule_numbers(epoch, expected):
     """Q_e = min(max(floor(0.85 e^1.5), 1), 15): 0.85 * 4^1.5 = 6.8 -> 6, 0.85 * 6^1.5 = 12.49 -> 12."""
     assert query_count(epoch, shrink=0.85, rate=1.5, q_max=15) == expected
@@ -21,7 +22,8 @@ def test_the_rate_reaches_the_target_at_the_given_epoch_count():
     assert math.isclose(0.85 * 20**rate, 10)
     opt = AdaZeta([torch.nn.Parameter(torch.zeros(3))], steps_per_epoch=4, q_target=10, epochs=20)
     assert opt.rate() == rate
-    assert [opt.queries_at(4 * e) for e in (0, 5, 10, 19)] == [query_count(e, 0.85, rate, 15) for e in (0, 5, 10, 19)]
+    epochs = (0, 5, 10, 19)
+    assert [opt.queries_at(4 * e) for e in epochs] == [query_count(e, 0.85, rate, 15) for e in epochs]
 
 
 def test_each_step_makes_the_scheduled_number_of_probe_pairs():
@@ -37,7 +39,7 @@ def test_each_step_makes_the_scheduled_number_of_probe_pairs():
 
 
 def test_trajectory_equals_adazetas_official_update():
-    """AdaZeta's official step (bench.official.mezo_step with one seed per query) with the
+    """AdaZeta's official step (bench.official.adazeta_step, one seed per query) with the
     optimizer's noise: Q_e probe pairs, then the average of c_i z_i through a full-size buffer."""
     def model():
         torch.manual_seed(0)
@@ -50,8 +52,9 @@ def test_trajectory_equals_adazetas_official_update():
         for step in range(8):  # 1, 1, 1, 1, 2, 2, 3, 3 queries
             queries = opt.queries_at()
             opt.step(lambda: torch.nn.functional.mse_loss(ours(x), y))
-            official.mezo_step(list(reference.parameters()), lambda: torch.nn.functional.mse_loss(reference(x), y),
-                               list(range(queries)), 0.05, 1e-3, 0.1, noise=lorenza_noise(8, step))
+            official.adazeta_step(list(reference.parameters()),
+                                  lambda: torch.nn.functional.mse_loss(reference(x), y),
+                                  list(range(queries)), 0.05, 1e-3, 0.1, noise=lorenza_noise(8, step))
     assert opt.queries_at(7) == 3
     for a, b, start in zip(ours.parameters(), reference.parameters(), model().parameters()):
         # both form the noise terms in float32, rounded at different places

@@ -27,11 +27,13 @@ def test_trajectory_equals_mezos_four_pass_update():
     with torch.no_grad():
         for step in range(12):
             ours_losses, official_losses = [], []
-            loss = opt.step(lambda: ours_losses.append(torch.nn.functional.mse_loss(ours(x), y)) or ours_losses[-1])
+            loss = opt.step(lambda: ours_losses.append(torch.nn.functional.mse_loss(ours(x), y))
+                            or ours_losses[-1])
             official.mezo_step(list(reference.parameters()),
                                lambda: official_losses.append(torch.nn.functional.mse_loss(reference(x), y))
-                               or official_losses[-1], [0], 3e-2, 1e-3, 0.1, noise=lorenza_noise(11, step))
-            torch.testing.assert_close(torch.stack(ours_losses), torch.stack(official_losses), rtol=1e-9, atol=0)
+                               or official_losses[-1], 0, 3e-2, 1e-3, 0.1, noise=lorenza_noise(11, step))
+            torch.testing.assert_close(torch.stack(ours_losses), torch.stack(official_losses), rtol=1e-9,
+                                       atol=0)
             torch.testing.assert_close(loss, sum(official_losses) / 2, rtol=1e-9, atol=0)
     moved = 0.0
     for a, b, start in zip(ours.parameters(), reference.parameters(), model_and_data()[0].parameters()):

@@ -20,7 +20,8 @@ class TTAdapter(nn.Module):
                  dtype=None):
         super().__init__()
         self.down = TTLinear(features, bottleneck, tt_rank, order, device=device, dtype=dtype)
-        self.up = TTLinear(bottleneck, features, tt_rank, order, zero_last_core=True, device=device, dtype=dtype)
+        self.up = TTLinear(bottleneck, features, tt_rank, order, zero_last_core=True, device=device,
+                           dtype=dtype)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         work = h.to(self.down.cores[0].dtype)
@@ -59,7 +60,8 @@ def add_tt_adapters(model: nn.Module, targets, bottleneck: int = 64, tt_rank: in
             raise ValueError(f"add_tt_adapters: {name} already has an adapter")
     adapters = {}
     for name, module in chosen.items():
-        adapters[name] = TTAdapter(module.out_features, bottleneck, tt_rank, order, device=module.weight.device)
+        adapters[name] = TTAdapter(module.out_features, bottleneck, tt_rank, order,
+                                   device=module.weight.device)
         module.add_module(ADAPTER_NAME, adapters[name])
         module.register_forward_hook(_adapt_output)
     adapter_params = {id(p) for adapter in adapters.values() for p in adapter.parameters()}

@@ -49,11 +49,11 @@ class TTLinear(nn.Module):
     adapter that starts as the identity).
     """
 
-    def __init__(self, in_features: int, out_features: int, tt_rank: int = 5, order: int = 3, bias: bool = True,
-                 zero_last_core: bool = False, device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, tt_rank: int = 5, order: int = 3,
+                 bias: bool = True, zero_last_core: bool = False, device=None, dtype=None):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features), ("tt_rank", tt_rank),
-                            ("order", order)):
+        for name, value in (("in_features", in_features), ("out_features", out_features),
+                            ("tt_rank", tt_rank), ("order", order)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TTLinear: {name} must be an int >= 1, got {value!r}")
         self.in_features, self.out_features, self.order = in_features, out_features, order

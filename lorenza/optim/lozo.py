@@ -10,7 +10,8 @@ from .directions import ProbeDirection, probe_keys
 from .zeroth_order import ZerothOrderOptimizer
 
 
-def low_rank_factor(group: dict, stream: Stream, step: int, tensor_id: int, rows: int, device) -> torch.Tensor:
+def low_rank_factor(group: dict, stream: Stream, step: int, tensor_id: int, rows: int,
+                    device) -> torch.Tensor:
     """``U`` (``stream=LOW_RANK_U``, fresh each step) or ``V`` (``LOW_RANK_V``, ``step`` = its refresh
     step): a ``rows x rank`` Gaussian regenerated from the group's seed, in float32."""
     key = stream_key(group["seed"], stream, step, tensor_id)
@@ -65,7 +66,8 @@ class LOZO(ZerothOrderOptimizer):
     :class:`~lorenza.optim.zeroth_order.ZerothOrderOptimizer`.
     """
 
-    def __init__(self, params, lr=1e-7, zo_eps=1e-3, rank=2, nu=50, momentum=0.0, weight_decay=0.0, seed=None):
+    def __init__(self, params, lr=1e-7, zo_eps=1e-3, rank=2, nu=50, momentum=0.0, weight_decay=0.0,
+                 seed=None):
         super().__init__(params, dict(lr=lr, zo_eps=zo_eps, rank=rank, nu=nu, momentum=momentum,
                                       weight_decay=weight_decay, seed=seed))
 

@@ -114,7 +114,7 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
                               f"f-={minus}); weights restored, update skipped", RuntimeWarning, stacklevel=2)
                 break
             coeffs.append((plus - minus) / (2 * mu))
-        else:
+        else:  # every probe finite: update
             for direction in directions:
                 self._update_one(direction, coeffs, mu)
         for group in self.param_groups:

@@ -44,7 +44,8 @@ class Lorenza(LowRankAdamW):
         _checks.int_at_least("zo_step", group["zo_step"], 0)
         if not isinstance(group["residual"], bool):
             raise TypeError(f"residual must be a bool, got {type(group['residual']).__name__}")
-        _checks.same_in_every_group(("zo_eps", "zo_queries"), group, self.param_groups)  # one probe serves all
+        # one probe serves every group
+        _checks.same_in_every_group(("zo_eps", "zo_queries"), group, self.param_groups)
 
     # -- the pieces of a step -----------------------------------------------------------------
 
