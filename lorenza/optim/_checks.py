@@ -50,4 +50,5 @@ def same_in_every_group(keys, group: dict, groups) -> None:
     """Raise unless ``group`` agrees with the first of ``groups`` on ``keys`` (optimizer-wide values)."""
     for key in keys:
         if groups and group[key] != groups[0][key]:
-            raise ValueError(f"{key} must be the same in every param group: got {group[key]} and {groups[0][key]}")
+            raise ValueError(f"{key} must be the same in every param group: got {group[key]} and "
+                             f"{groups[0][key]}")

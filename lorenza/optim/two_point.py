@@ -1,5 +1,7 @@
 """The forward-only side of the closure contract: evaluate ``closure()`` safely, and the two-point
 probe ``f(W + mu D), f(W - mu D)`` that every zeroth-order estimate in lorenza is made of."""
+import math
+
 import torch
 
 BACKWARD_IN_CLOSURE = ("the closure must return the loss without calling backward(): "
@@ -66,3 +68,29 @@ def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True
     if restore:
         move(mu)
     return loss_plus.detach(), loss_minus.detach()
+
+
+def estimates(closure, move, queries: int, mu: float, name: str, devices=(), restore_last: bool = True):
+    """The two-point estimates ``c_j = (f+ - f-) / (2 mu)`` of directions ``j = 0 .. queries - 1``,
+    where ``move(j, alpha)`` does ``W += alpha * D_j``.
+
+    Returns ``(coeffs, loss, failed)``: ``loss`` is the mean of the first pair (the loss at ``W``
+    to O(mu^2)); ``failed`` is None, or ``(j, f+, f-)`` of the first pair with a NaN/Inf loss, after
+    which no further probe runs, the weights are back at ``W`` and ``coeffs`` is None. With
+    ``restore_last=False`` and every loss finite, the weights are left at ``W - mu D_{q-1}``.
+    """
+    coeffs, loss = [], None
+    for j in range(queries):
+        def move_j(alpha, j=j):
+            move(j, alpha)
+        restore = restore_last or j < queries - 1
+        loss_plus, loss_minus = losses(closure, move_j, mu, name, devices, restore=restore)
+        if loss is None:
+            loss = (loss_plus + loss_minus) / 2
+        plus, minus = float(loss_plus), float(loss_minus)
+        if not (math.isfinite(plus) and math.isfinite(minus)):
+            if not restore:
+                move_j(mu)
+            return None, loss, (j, plus, minus)
+        coeffs.append((plus - minus) / (2 * mu))
+    return coeffs, loss, None

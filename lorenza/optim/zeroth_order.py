@@ -1,5 +1,4 @@
 """The forward-only step that MeZO, LOZO and AdaZeta share (ALGORITHMS.md sections 3 to 5)."""
-import math
 import warnings
 
 import torch
@@ -95,26 +94,18 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
         for direction in directions:
             direction.check()
         mu = self.param_groups[0]["zo_eps"]
-        devices = two_point.cuda_devices(param for _, param, _ in trainable)
-        coeffs, loss = [], None
-        for j in range(queries):
-            last = j == queries - 1
 
-            def move(alpha, j=j):
-                for direction in directions:
-                    direction.move_(one_hot(j, alpha, queries))
-            loss_plus, loss_minus = two_point.losses(closure, move, mu, name, devices, restore=not last)
-            plus, minus = float(loss_plus), float(loss_minus)
-            if loss is None:
-                loss = (loss_plus + loss_minus) / 2
-            if not (math.isfinite(plus) and math.isfinite(minus)):
-                if last:
-                    move(mu)
-                warnings.warn(f"{name}: non-finite loss in probe {j} of step {self.zo_step} (f+={plus}, "
-                              f"f-={minus}); weights restored, update skipped", RuntimeWarning, stacklevel=2)
-                break
-            coeffs.append((plus - minus) / (2 * mu))
-        else:  # every probe finite: update
+        def move(j, alpha):
+            for direction in directions:
+                direction.move_(one_hot(j, alpha, queries))
+        coeffs, loss, failed = two_point.estimates(closure, move, queries, mu, name,
+                                                   two_point.cuda_devices(p for _, p, _ in trainable),
+                                                   restore_last=False)  # the update restores
+        if failed:
+            j, plus, minus = failed
+            warnings.warn(f"{name}: non-finite loss in probe {j} of step {self.zo_step} (f+={plus}, "
+                          f"f-={minus}); weights restored, update skipped", RuntimeWarning, stacklevel=2)
+        else:
             for direction in directions:
                 self._update_one(direction, coeffs, mu)
         for group in self.param_groups:

@@ -1,5 +1,4 @@
 """LORENZA and AdaZo-SAM: Adam + SAM with a zeroth-order ascent (ALGORITHMS.md section 2)."""
-import math
 import warnings
 
 import torch
@@ -68,22 +67,17 @@ class Lorenza(LowRankAdamW):
 
     def _probe(self, closure, directions, devices):
         """Two-point estimates ``c_j``; None if a loss was not finite (weights restored)."""
-        mu, queries = directions[0].group["zo_eps"], directions[0].group["zo_queries"]
-        coeffs, first_loss = [], None
-        for j in range(queries):
-            def move(alpha):
-                self._move(directions, lambda d: one_hot(j, alpha, queries))
-            loss_plus, loss_minus = two_point.losses(closure, move, mu, type(self).__name__, devices)
-            plus, minus = float(loss_plus), float(loss_minus)
-            if first_loss is None:
-                first_loss = (loss_plus + loss_minus) / 2
-            if not (math.isfinite(plus) and math.isfinite(minus)):
-                warnings.warn(f"{type(self).__name__}: non-finite loss in a zeroth-order probe "
-                              f"(f+={plus}, f-={minus}); skipping the SAM ascent this step",
-                              RuntimeWarning, stacklevel=3)
-                return None, first_loss
-            coeffs.append((plus - minus) / (2 * mu))
-        return coeffs, first_loss
+        queries = directions[0].group["zo_queries"]
+
+        def move(j, alpha):
+            self._move(directions, lambda d: one_hot(j, alpha, queries))
+        coeffs, loss, failed = two_point.estimates(closure, move, queries, directions[0].group["zo_eps"],
+                                                   type(self).__name__, devices)
+        if failed:
+            warnings.warn(f"{type(self).__name__}: non-finite loss in a zeroth-order probe "
+                          f"(f+={failed[1]}, f-={failed[2]}); skipping the SAM ascent this step",
+                          RuntimeWarning, stacklevel=3)
+        return coeffs, loss
 
     def _ascent(self, directions, coeffs):
         """Per-direction coefficients of ``e = rho * g_hat / ||g_hat||`` (None when g_hat = 0)."""
