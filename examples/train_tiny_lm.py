@@ -1,10 +1,10 @@
-"""Train a tiny byte-level decoder on real text with AdamW, LowRankAdamW and Lorenza side by side.
+"""Train a tiny byte-level decoder on real text with AdamW, LowRankAdamW, Lorenza and ProjFactor side by side.
 
 The corpus is the Python standard library's own source (present on every machine); the model is a
 small pre-norm causal Transformer built here. Prints, per optimizer, the final train and
 validation loss, the mean step time and the bytes of optimizer state.
 
-    python examples/train_tiny_lm.py [--steps 200] [--rank 32] [--text PATH]
+    python examples/train_tiny_lm.py [--steps 200] [--rank 32] [--granularity 1] [--text PATH]
 """
 import argparse
 import math
@@ -85,6 +85,8 @@ def make_optimizer(name, model, args):
         return torch.optim.AdamW(model.parameters(), lr=args.lr, eps=1e-6, weight_decay=0.0)  # as ours
     if name == "LowRankAdamW":
         return lorenza.LowRankAdamW(groups, lr=args.lr, seed=0)
+    if name == "ProjFactor":
+        return lorenza.ProjFactor(groups, lr=args.lr, granularity=args.granularity, seed=0)
     return lorenza.Lorenza(groups, lr=args.lr, rho=args.rho, seed=0)
 
 
@@ -123,8 +125,9 @@ def main(argv=None):
     parser.add_argument("--update-gap", type=int, default=50)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--rho", type=float, default=0.05)
+    parser.add_argument("--granularity", type=int, default=1, help="ProjFactor's projection granularity")
     parser.add_argument("--text", type=pathlib.Path, help="train on this file instead of the stdlib source")
-    parser.add_argument("--optimizers", default="AdamW,LowRankAdamW,Lorenza")
+    parser.add_argument("--optimizers", default="AdamW,LowRankAdamW,Lorenza,ProjFactor")
     args = parser.parse_args(argv)
 
     text = args.text.read_bytes() if args.text else stdlib_bytes(2_000_000)

@@ -3,6 +3,10 @@
 A basis is stored as GaLore stores it: ``(m, r)`` on the left side, ``(r, n)`` on the right.
 ``R = P^T G`` (left) or ``R = G P^T`` (right); ``lift(N) = P N`` (left) or ``N P`` (right), times
 ``1/r`` for a Gaussian basis so that ``E[lift(project(G))] = G``.
+
+Granularity ``c`` (VLoRP): the ``m x n`` gradient is first viewed row-major as ``(m c) x (n / c)``
+on the right side, ``(m / c) x (n c)`` on the left, and that view is projected; ``lift`` views the
+result back as ``m x n``. ``c = 1`` is the plain projection.
 """
 import torch
 
@@ -25,6 +29,22 @@ def side_for(shape, proj_type: str) -> str:
     return proj_type
 
 
+def check_granularity(shape, side: str, granularity: int) -> None:
+    """Raise unless ``granularity`` divides the dimension it folds (``n`` right, ``m`` left)."""
+    m, n = shape
+    folded = n if side == "right" else m
+    if folded % granularity:
+        what = "columns" if side == "right" else "rows"
+        raise ValueError(f"granularity {granularity} does not divide the {what} ({folded}) of a {m} x {n} "
+                         f"parameter (projected on the {side})")
+
+
+def folded_shape(shape, side: str, granularity: int):
+    """The view that is projected: ``(m c, n / c)`` on the right side, ``(m / c, n c)`` on the left."""
+    m, n = shape
+    return (m * granularity, n // granularity) if side == "right" else (m // granularity, n * granularity)
+
+
 def last_refresh(step: int, gap: int, offset: int) -> int:
     """The latest step ``s <= step`` at which the basis was refreshed (0, then ``s % gap == offset``)."""
     return step - (step - offset) % gap if step >= offset else 0
@@ -35,12 +55,16 @@ def basis_shape(shape, rank: int, side: str):
     return (m, rank) if side == "left" else (rank, n)
 
 
-def compute_basis(grad: torch.Tensor, rank: int, side: str, kind: str, seed: int) -> torch.Tensor:
-    """A fresh basis for ``grad`` (``seed`` drives the rSVD sketch or the Gaussian basis)."""
+def compute_basis(grad: torch.Tensor, rank: int, side: str, kind: str, seed: int,
+                  granularity: int = 1) -> torch.Tensor:
+    """A fresh basis for ``grad`` viewed at ``granularity`` (``seed`` drives the rSVD sketch or the
+    Gaussian basis)."""
     dtype = work_dtype(grad.dtype)
+    view = folded_shape(grad.shape, side, granularity)
     if kind == "random":
-        return randn(basis_shape(grad.shape, rank, side), stream_key(seed, Stream.BASIS),
-                     device=grad.device, dtype=dtype)
+        return randn(basis_shape(view, rank, side), stream_key(seed, Stream.BASIS), device=grad.device,
+                     dtype=dtype)
+    grad = grad.reshape(view)
     if kind == "svd":
         U, _, Vh = torch.linalg.svd(grad.to(dtype), full_matrices=False)
     else:
@@ -52,32 +76,45 @@ def compute_basis(grad: torch.Tensor, rank: int, side: str, kind: str, seed: int
 class Projection:
     """Project a gradient into the subspace and add lifted subspace tensors to a weight in place."""
 
-    def __init__(self, basis: torch.Tensor, side: str, kind: str):
-        self.basis, self.side = basis, side
+    def __init__(self, basis: torch.Tensor, side: str, kind: str, shape, granularity: int = 1):
+        self.basis, self.side, self.granularity = basis, side, granularity
+        self.shape = tuple(shape)
+        self.folded = folded_shape(self.shape, side, granularity)
         rank = basis.shape[1] if side == "left" else basis.shape[0]
         self.lift_scale = 1.0 / rank if kind == "random" else 1.0
 
-    def subspace_shape(self, shape):
-        m, n = shape
-        return (self.basis.shape[1], n) if self.side == "left" else (m, self.basis.shape[0])
+    def subspace_shape(self):
+        rows, cols = self.folded
+        return (self.basis.shape[1], cols) if self.side == "left" else (rows, self.basis.shape[0])
 
     def project(self, grad: torch.Tensor) -> torch.Tensor:
-        G = grad.to(self.basis.dtype)
+        G = grad.to(self.basis.dtype).reshape(self.folded)
         return self.basis.T @ G if self.side == "left" else G @ self.basis.T
 
     def lift(self, N: torch.Tensor) -> torch.Tensor:
         """The full ``m x n`` tensor; only for callers that need it (tests, low-precision weights)."""
         full = self.basis @ N if self.side == "left" else N @ self.basis
-        return full.mul_(self.lift_scale) if self.lift_scale != 1.0 else full
+        full = full.mul_(self.lift_scale) if self.lift_scale != 1.0 else full
+        return full.reshape(self.shape)
 
     def lift_add_(self, weight: torch.Tensor, N: torch.Tensor, alpha: float) -> None:
         """``weight += alpha * lift(N)``, written into ``weight`` (no ``m x n`` temporary in fp32/fp64)."""
         if weight.dtype != N.dtype:  # low-precision weight: lift in fp32, round once
             weight.add_(self.lift(N), alpha=alpha)
         elif self.side == "left":
-            weight.addmm_(self.basis, N, alpha=alpha * self.lift_scale)
+            weight.view(self.folded).addmm_(self.basis, N, alpha=alpha * self.lift_scale)
         else:
-            weight.addmm_(N, self.basis, alpha=alpha * self.lift_scale)
+            weight.view(self.folded).addmm_(N, self.basis, alpha=alpha * self.lift_scale)
+
+    def lift_rows(self, N: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start .. stop - 1`` of ``lift(N)`` (on the left side, multiples of the granularity)."""
+        c = self.granularity
+        if self.side == "right":
+            rows = N[start * c:stop * c] @ self.basis
+        else:
+            rows = self.basis[start // c:stop // c] @ N
+        rows = rows.mul_(self.lift_scale) if self.lift_scale != 1.0 else rows
+        return rows.reshape(stop - start, self.shape[1])
 
     def lifted_norm_sq(self, Z: torch.Tensor) -> torch.Tensor:
         """``||lift(Z)||^2`` computed at rank r through the basis' Gram matrix."""
@@ -86,3 +123,17 @@ class Projection:
         else:
             gram_z = Z @ (self.basis @ self.basis.T)
         return (gram_z * Z).sum() * self.lift_scale**2
+
+    def lifted_square_sums(self, S: torch.Tensor):
+        """Row and column sums of ``lift(S)**2`` in the ``m x n`` shape, from Gram matrices at rank
+        ``r``: ``lift(S)`` is never formed."""
+        m, n = self.shape
+        c, P, scale = self.granularity, self.basis, self.lift_scale**2
+        if self.side == "right":  # folded row i c + a holds columns a n / c .. of row i
+            rows = ((S @ (P @ P.T)) * S).sum(1).view(m, c).sum(1)
+            cols = torch.cat([((S[a::c].T @ S[a::c] @ P) * P).sum(0) for a in range(c)])
+        else:  # folded row q holds rows q c .. q c + c - 1 side by side, n columns each
+            rows = torch.stack([((P @ (S[:, b * n:(b + 1) * n] @ S[:, b * n:(b + 1) * n].T)) * P).sum(1)
+                                for b in range(c)], dim=1).reshape(m)
+            cols = (((P.T @ P) @ S) * S).sum(0).view(c, n).sum(0)
+        return rows * scale, cols * scale

@@ -35,7 +35,7 @@ class ProbeDirection:
             backend.resolve("noise", self.param.device)
 
     def _subspace_sum(self, coeffs):
-        shape = self.projection.subspace_shape(self.param.shape)
+        shape = self.projection.subspace_shape()
         dtype = self.projection.basis.dtype
         total = None
         for coeff, key in zip(coeffs, self.keys):

@@ -29,8 +29,10 @@ class LowRankAdamW(LorenzaOptimizer):
     ``min(m, n)``; every other parameter gets the same Adam update unprojected. The basis is
     refreshed from the gradient every ``update_gap`` steps by ``projector``: ``"rsvd"``
     (randomized SVD), ``"svd"`` (exact, GaLore's choice) or ``"random"`` (a Gaussian basis
-    regenerated from the seed, nothing stored). ``stagger=True`` spreads the refreshes of the
-    layers over the gap. Weight decay is applied after the update, as GaLore does.
+    regenerated from the seed, nothing stored). ``granularity=c`` projects the gradient viewed as
+    ``(m c) x (n / c)`` (``(m / c) x (n c)`` for a wide one), VLoRP's finer projection units; then
+    the rank is compared with that view's smaller side. ``stagger=True`` spreads the refreshes of
+    the layers over the gap. Weight decay is applied after the update, as GaLore does.
 
     Every keyword is also a param-group key; GaLore's ``update_proj_gap`` and ``proj_type`` are
     accepted. If any group given names ``rank``, groups that don't are left unprojected, so a
@@ -38,11 +40,12 @@ class LowRankAdamW(LorenzaOptimizer):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=128,
-                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, *,
+                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, granularity=1, *,
                  _extra_defaults=None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         update_gap=update_gap, scale=scale, projector=projector, proj_type="std",
-                        stagger=stagger, seed=draw_seed() if seed is None else seed, **(_extra_defaults or {}))
+                        stagger=stagger, granularity=granularity, seed=draw_seed() if seed is None else seed,
+                        **(_extra_defaults or {}))
         params = list(params)
         self._rank_only_where_named = any(isinstance(g, dict) and "rank" in g for g in params)
         super().__init__(params, defaults)
@@ -66,13 +69,22 @@ class LowRankAdamW(LorenzaOptimizer):
         _checks.non_negative("scale", group["scale"])
         _checks.one_of("projector", group["projector"], proj.KINDS)
         _checks.one_of("proj_type", group["proj_type"], proj.PROJ_TYPES)
+        _checks.int_at_least("granularity", group["granularity"], 1)
+        if group["rank"] is not None:
+            for param in group["params"]:
+                if param.dim() == 2:
+                    proj.check_granularity(param.shape, proj.side_for(param.shape, group["proj_type"]),
+                                           group["granularity"])
 
     # -- projection ---------------------------------------------------------------------------
 
     @staticmethod
     def is_projected(param: torch.Tensor, group: dict) -> bool:
         rank = group["rank"]
-        return rank is not None and param.dim() == 2 and rank < min(param.shape)
+        if rank is None or param.dim() != 2:
+            return False
+        side = proj.side_for(param.shape, group["proj_type"])
+        return rank < min(proj.folded_shape(param.shape, side, group["granularity"]))
 
     def index_projected(self) -> None:
         """Number the projected parameters 0, 1, ...: ``stagger`` spreads refreshes by this index."""
@@ -84,18 +96,19 @@ class LowRankAdamW(LorenzaOptimizer):
     def _refresh_offset(self, param, group: dict) -> int:
         return self._projected_index[id(param)] % group["update_gap"] if group["stagger"] else 0
 
-    def projection(self, param, group, tensor_id, grad=None):
-        """The parameter's :class:`Projection` for its current step, or None when unprojected.
+    def projection(self, param, group, tensor_id, grad=None, *, this_step=None):
+        """The parameter's :class:`Projection`, or None when unprojected.
 
-        With ``grad``, a refresh due at this step (or a missing basis) is computed from ``grad``;
-        the caller stores it. Without it, the basis in use before this step's refresh is
-        returned; None too if there is none yet. Nothing is written to the state here.
+        ``this_step`` (default: whether ``grad`` is given) asks for the basis of the step about to
+        be taken: a refresh due then (or a missing basis) is computed from ``grad``, which only a
+        Gaussian basis does without; the caller stores it. Otherwise the basis the previous step
+        used is returned, None if there was none. Nothing is written to the state here.
         """
         if not self.is_projected(param, group):
             return None
         state = self.state[param]
         step = int(state["step"]) if "step" in state else 0
-        if grad is None:
+        if not (grad is not None if this_step is None else this_step):
             if step == 0:
                 return None
             step -= 1  # the basis the previous step used
@@ -103,13 +116,14 @@ class LowRankAdamW(LorenzaOptimizer):
         side = proj.side_for(param.shape, group["proj_type"])
         refresh = proj.last_refresh(step, gap, self._refresh_offset(param, group))
         seed = stream_key(group["seed"], Stream.BASIS, tensor_id, refresh)
+        c = group["granularity"]
         if kind == "random":  # regenerated, never stored
-            basis = proj.compute_basis(param, group["rank"], side, kind, seed)
+            basis = proj.compute_basis(param, group["rank"], side, kind, seed, c)
         elif grad is not None and (refresh == step or "basis" not in state):
-            basis = proj.compute_basis(grad, group["rank"], side, kind, seed)
+            basis = proj.compute_basis(grad, group["rank"], side, kind, seed, c)
         else:
             basis = state["basis"]
-        return proj.Projection(basis, side, kind)
+        return proj.Projection(basis, side, kind, param.shape, c)
 
     # -- the Adam update ----------------------------------------------------------------------
 
@@ -145,14 +159,17 @@ class LowRankAdamW(LorenzaOptimizer):
         for group, param, tensor_id in entries:
             self.check_grad(param, param.grad, type(self).__name__)
             projection = self.projection(param, group, tensor_id, grad=param.grad)
-            shape = projection.subspace_shape(param.shape) if projection else param.shape
+            if projection is not None and projection.granularity > 1 and not param.is_contiguous():
+                raise ValueError(f"granularity > 1 needs contiguous parameters; one of shape "
+                                 f"{tuple(param.shape)} is not (call .contiguous() on it)")
+            shape = projection.subspace_shape() if projection else param.shape
             self._check_state(param, shape)
             if projection is None:
                 plain.append((group, param))
             else:
                 projected.append((group, param, projection))
         for group, param, projection in projected:
-            state = self._moments(param, projection.subspace_shape(param.shape))
+            state = self._moments(param, projection.subspace_shape())
             if group["projector"] != "random":
                 state["basis"] = projection.basis
             t = int(state["step"])

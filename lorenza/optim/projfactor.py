@@ -1,0 +1,204 @@
+"""ProjFactor: VLoRP's projected first moment with an Adafactor-style second moment (Wang et al.
+2025; ALGORITHMS.md section 7)."""
+import math
+
+import torch
+
+from ..projector import work_dtype
+from .lowrank_adamw import LowRankAdamW
+
+BLOCK_ELEMENTS = 1 << 20  # elements of the m x n update formed at a time
+
+
+def matrix_shape(tensor: torch.Tensor):
+    """The ``rows x cols`` view whose row and column statistics a parameter keeps: itself when 2-D,
+    ``(shape[0], rest)`` for more dimensions, ``(numel, 1)`` (full Adam statistics) for fewer."""
+    if tensor.dim() >= 2:
+        return tensor.shape[0], tensor.numel() // tensor.shape[0]
+    return tensor.numel(), 1
+
+
+def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_size: float, eps: float,
+                     rows_multiple: int = 1) -> None:
+    """``param -= step_size * numerator / (sqrt(outer(v_row, v_col) / sum(v_row)) + eps)``, formed a
+    block of rows at a time (``numerator_rows(start, stop)`` gives the block; ``rows_multiple``
+    aligns the blocks) so that no ``m x n`` temporary exists. All-zero statistics divide by eps."""
+    rows, cols = param.shape
+    col = v_col / v_row.sum().clamp_min(torch.finfo(v_row.dtype).tiny)
+    block = max(rows_multiple, BLOCK_ELEMENTS // cols // rows_multiple * rows_multiple)
+    for start in range(0, rows, block):
+        stop = min(rows, start + block)
+        denominator = torch.outer(v_row[start:stop], col).sqrt_().add_(eps)
+        param[start:stop].add_(torch.div(numerator_rows(start, stop), denominator, out=denominator),
+                               alpha=-step_size)
+
+
+class ProjFactor(LowRankAdamW):
+    """VLoRP's ProjFactor: the first moment in a random subspace, the second moment factored in the
+    original space.
+
+    A projected ``m x n`` weight (2-D, ``rank`` set, the rank below the projected view's smaller
+    side) sees its gradient viewed at ``granularity`` c as ``(m c) x (n / c)`` (``(m / c) x (n c)``
+    when wide) and projected by a Gaussian ``P`` regenerated from a per-layer seed that changes
+    every ``update_gap`` steps: ``S = G~ P`` (nothing of ``P`` is stored). With
+    ``B = scale * reshape(S P^T / rank)``, the unbiased back-projection:
+
+        M = b1 M + (1 - b1) S                      (m c x rank)
+        v_row = b2 v_row + (1 - b2) rowsum(B^2)    (m)       v_col likewise (n)
+        V = outer(v_row, v_col) / sum(v_row)
+        W -= lr sqrt(1 - b2^t) / (1 - b1^t) * scale * back(M) / (sqrt(V) + eps)
+        W -= lr * weight_decay * W
+
+    The row and column sums of ``B^2`` come from ``rank x rank`` Gram matrices, and the update is
+    formed a block of rows at a time: no ``m x n`` temporary. Other parameters get the same update
+    with ``S = B = G`` (1-D ones then have Adam's full second moment).
+
+    One projection serves each optimizer step, so the micro-batches of an accumulated gradient are
+    projected alike. ``per_layer=True`` projects each gradient as soon as backward has accumulated
+    it (``register_post_accumulate_grad_hook``), adds it to a subspace accumulator in the state and
+    frees the full gradient: the projected weights' ``.grad`` stays None, ``zero_grad`` clears the
+    accumulators, and ``remove_hooks()`` undoes the hooks.
+
+    Every keyword but ``per_layer`` is also a param-group key.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=32,
+                 granularity=1, update_gap=100, scale=1.0, seed=None, *, per_layer=False):
+        self.per_layer = per_layer
+        self._hooks, self._owners = [], {}
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
+                         update_gap=update_gap, scale=scale, projector="random", seed=seed,
+                         granularity=granularity)
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        if group["projector"] != "random":
+            raise ValueError(f"ProjFactor projects with a Gaussian basis: projector must be 'random', "
+                             f"got {group['projector']!r}")
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._index_owners()
+        if self.per_layer:
+            for param in self.param_groups[-1]["params"]:
+                if param.dim() == 2:
+                    self._hooks.append(param.register_post_accumulate_grad_hook(self._project_grad))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._index_owners()  # the groups are new dicts now
+
+    def _index_owners(self) -> None:
+        """``id(param) -> (group, tensor_id)``, what a gradient hook needs to find its projection."""
+        self._owners = {id(param): (group, tensor_id) for group, param, tensor_id in self.params_with_ids()}
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    def _step_projection(self, param, group, tensor_id):
+        """The projection of the step about to be taken (the basis is regenerated, no gradient needed)."""
+        return self.projection(param, group, tensor_id, this_step=True)
+
+    @torch.no_grad()
+    def _project_grad(self, param) -> None:
+        group, tensor_id = self._owners[id(param)]
+        if param.grad is None or not self.is_projected(param, group):
+            return
+        projected = self._step_projection(param, group, tensor_id).project(param.grad)
+        state = self.state[param]
+        if "projected_grad" in state:
+            state["projected_grad"].add_(projected)
+        else:
+            state["projected_grad"] = projected
+        param.grad = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for state in self.state.values():
+            if "projected_grad" in state:
+                if set_to_none:
+                    del state["projected_grad"]
+                else:
+                    state["projected_grad"].zero_()
+
+    # -- the update ---------------------------------------------------------------------------
+
+    def _factored_state(self, param, moment_shape, rows: int, cols: int):
+        state = self.state[param]
+        if "step" not in state:
+            dtype = work_dtype(param.dtype)
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros(moment_shape, dtype=dtype, device=param.device)
+            state["exp_avg_sq_row"] = torch.zeros(rows, dtype=dtype, device=param.device)
+            state["exp_avg_sq_col"] = torch.zeros(cols, dtype=dtype, device=param.device)
+        state["step"] += 1
+        return state
+
+    def factored_updates(self, entries) -> None:
+        """The ProjFactor step of every ``(group, param, tensor_id)``, from its ``.grad`` and/or its
+        projected accumulator. Two phases, so that an error leaves weights and state untouched."""
+        planned = []
+        for group, param, tensor_id in entries:
+            if param.grad is not None:
+                self.check_grad(param, param.grad, type(self).__name__)
+            projected = self.is_projected(param, group)
+            projection = self._step_projection(param, group, tensor_id) if projected else None
+            if projection is None and param.dim() > 2 and not param.is_contiguous():
+                raise ValueError(f"ProjFactor needs contiguous parameters of more than two dimensions; one "
+                                 f"of shape {tuple(param.shape)} is not")
+            self._check_state(param, projection.subspace_shape() if projection else param.shape)
+            planned.append((group, param, projection))
+        for group, param, projection in planned:
+            self._update_one(group, param, projection)
+
+    def _gradient(self, group, param, projection):
+        """``S`` (the projected gradient, or the gradient) and the row and column sums of ``B^2``."""
+        state = self.state[param]
+        if projection is None:
+            S = param.grad.to(work_dtype(param.dtype))
+            matrix = S.reshape(matrix_shape(param))
+            return (S, torch.linalg.vector_norm(matrix, dim=1).square_(),
+                    torch.linalg.vector_norm(matrix, dim=0).square_())
+        S = state.pop("projected_grad", None)
+        if param.grad is not None:
+            S = projection.project(param.grad) if S is None else S.add_(projection.project(param.grad))
+        row_sq, col_sq = projection.lifted_square_sums(S)
+        return S, row_sq.mul_(group["scale"]**2), col_sq.mul_(group["scale"]**2)
+
+    def _update_one(self, group, param, projection) -> None:
+        beta1, beta2 = group["betas"]
+        S, row_sq, col_sq = self._gradient(group, param, projection)
+        rows, cols = matrix_shape(param)
+        state = self._factored_state(param, S.shape, rows, cols)
+        M, v_row, v_col = state["exp_avg"], state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+        M.mul_(beta1).add_(S, alpha=1 - beta1)
+        v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
+        v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
+        t = int(state["step"])
+        step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        if projection is None:
+            def numerator(start, stop):
+                return M.view(rows, cols)[start:stop]
+            rows_multiple = 1
+        else:
+            def numerator(start, stop):
+                return projection.lift_rows(M, start, stop).mul_(group["scale"])
+            rows_multiple = projection.granularity if projection.side == "left" else 1
+        factored_update_(param.view(rows, cols), numerator, v_row, v_col, step_size=step_size,
+                         eps=group["eps"], rows_multiple=rows_multiple)
+        if group["weight_decay"]:
+            param.add_(param, alpha=-group["lr"] * group["weight_decay"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimizer step from the gradients in ``.grad`` (and, with ``per_layer``, the projected
+        accumulators); ``closure`` may recompute them."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.factored_updates([(group, p, i) for group, p, i in self.params_with_ids()
+                               if p.grad is not None or "projected_grad" in self.state[p]])
+        return loss
