@@ -66,8 +66,8 @@ def test_multi_step_parity_with_the_official_update(shape, granularity, rank, ga
         key = stream_key(9, Stream.BASIS, 0, refresh)
         return proj.compute_basis(torch.empty(shape), rank, side, "random", key, granularity).to(dtype)
     reference_steps = [0]  # the official code reseeds at refresh steps: the seed is the step there
-    reference = official.ProjFactorReference(shape, 0.02, (0.9, 0.99), 1e-6, 0.05, rank, gap, 0.5, granularity,
-                                             new_seed=lambda: reference_steps[0],
+    reference = official.ProjFactorReference(shape, 0.02, (0.9, 0.99), 1e-6, 0.05, rank, gap, 0.5,
+                                             granularity, new_seed=lambda: reference_steps[0],
                                              matrix=basis_at)
     R = start.clone()
     for step in range(7):
