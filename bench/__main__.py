@@ -1,4 +1,4 @@
-"""``python -m bench [--quick]``: the rSVD, optimizer-step and zeroth-order tables on this machine."""
+"""``python -m bench [--quick]``: the rSVD, optimizer-step, ProjFactor and zeroth-order tables."""
 import argparse
 import datetime
 import platform
@@ -7,7 +7,7 @@ import torch
 
 import lorenza
 
-from . import optim_step, rsvd, zeroth_order
+from . import optim_step, projfactor, rsvd, zeroth_order
 
 
 def main(argv=None):
@@ -19,10 +19,12 @@ def main(argv=None):
     if args.quick:
         rsvd.run(shapes=((256, 688),), rank=32, reps=2)
         optim_step.run(model="60m", rank=32, gap=3)
+        projfactor.run(quick=True)
         zeroth_order.run(model="quick", reps=2)
     else:
         rsvd.run()
         optim_step.run()
+        projfactor.run()
         zeroth_order.run()
 
 

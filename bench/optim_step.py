@@ -61,6 +61,18 @@ def measure(make, gap):
     return max(times), statistics.median(times), state_bytes(opt)
 
 
+def measure_all(params, candidates: dict, gap: int) -> dict:
+    """``measure`` each ``{name: make}`` optimizer from the same weights (restored after each)."""
+    results = {}
+    for name, make in candidates.items():
+        with torch.no_grad():
+            snapshot = [p.detach().clone() for p in params]
+            results[name] = measure(make, gap)
+            for p, s in zip(params, snapshot):
+                p.copy_(s)
+    return results
+
+
 def run(model="60m", rank=128, gap=8):
     shapes = llama_shapes(model)
     params = make_params(shapes)
@@ -81,13 +93,7 @@ def run(model="60m", rank=128, gap=8):
             groups(params, shapes, rank, gap, proj_type="std"), lr=1e-3, no_deprecation_warning=True)
     except ImportError:
         print("galore_torch is not installed: its row is missing")
-    results = {}
-    for name, make in candidates.items():
-        with torch.no_grad():
-            snapshot = [p.detach().clone() for p in params]
-            results[name] = measure(make, gap)
-            for p, s in zip(params, snapshot):
-                p.copy_(s)
+    results = measure_all(params, candidates, gap)
     base = results.get("galore_torch GaLoreAdamW")
     rows = []
     for name, (worst, median, nbytes) in results.items():

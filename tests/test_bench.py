@@ -1,7 +1,7 @@
 """The benchmark runs and reports what it promises (figures are checked where they are not timings)."""
 import math
 
-from bench import zeroth_order
+from bench import projfactor, zeroth_order
 
 
 def test_zeroth_order_benchmark_reports_time_memory_and_state(capsys):
@@ -20,3 +20,15 @@ def test_zeroth_order_benchmark_reports_time_memory_and_state(capsys):
         for name in ("MeZO", "LOZO"):
             baseline = peaks[f"official {name}"]
             assert baseline > 2 * largest and peaks[name] < baseline / 3, peaks
+
+
+def test_projfactor_benchmark_reports_state_time_and_the_per_layer_saving(capsys):
+    results = projfactor.run_state_and_time(model="60m", splits=((1, 16), (4, 4)), gap=2)
+    assert "state / AdamW" in capsys.readouterr().out
+    states = {name: nbytes for name, (_, _, nbytes) in results.items()}
+    assert states["ProjFactor c=1 r=16"] == states["ProjFactor c=4 r=4"] < states["torch AdamW (fused)"] / 2
+    memory = projfactor.run_per_layer_memory(model="quick", rank=16, reps=1)
+    assert "saved MiB" in capsys.readouterr().out
+    assert set(memory) == {"at the step", "per-layer"}
+    for seconds, peak, projected_bytes in memory.values():  # the peaks themselves are too noisy to compare
+        assert seconds > 0 and projected_bytes > 0 and (peak is None or peak > 0)
