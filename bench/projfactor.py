@@ -33,9 +33,10 @@ def run_state_and_time(model="60m", splits=SPLITS, gap=8):
     adamw = results["torch AdamW (fused)"]
     rows = [[name, worst * 1e3, median * 1e3, nbytes / 2**20, nbytes / adamw[2], adamw[1] / median]
             for name, (worst, median, nbytes) in results.items()]
-    print_table(f"ProjFactor step, LLaMA-{model} shapes ({sum(p.numel() for p in params) / 1e6:.1f}M params), "
-                f"subspace budget c r = {budget}, fp32, {torch.get_num_threads()} threads, new projections every "
-                f"{gap} steps; ratios against fused AdamW",
+    n_params = sum(p.numel() for p in params)
+    print_table(f"ProjFactor step, LLaMA-{model} shapes ({n_params / 1e6:.1f}M params), subspace budget c r = "
+                f"{budget}, fp32, {torch.get_num_threads()} threads, new projections every {gap} steps; ratios "
+                f"against fused AdamW",
                 ["optimizer", "worst step ms", "median step ms", "state MiB", "state / AdamW", "median x"], rows)
     return results
 
