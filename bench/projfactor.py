@@ -34,10 +34,11 @@ def run_state_and_time(model="60m", splits=SPLITS, gap=8):
     rows = [[name, worst * 1e3, median * 1e3, nbytes / 2**20, nbytes / adamw[2], adamw[1] / median]
             for name, (worst, median, nbytes) in results.items()]
     n_params = sum(p.numel() for p in params)
-    print_table(f"ProjFactor step, LLaMA-{model} shapes ({n_params / 1e6:.1f}M params), subspace budget c r = "
-                f"{budget}, fp32, {torch.get_num_threads()} threads, new projections every {gap} steps; ratios "
-                f"against fused AdamW",
-                ["optimizer", "worst step ms", "median step ms", "state MiB", "state / AdamW", "median x"], rows)
+    print_table(f"ProjFactor step, LLaMA-{model} shapes ({n_params / 1e6:.1f}M params), subspace budget "
+                f"c r = {budget}, fp32, {torch.get_num_threads()} threads, new projections every {gap} "
+                f"steps; ratios against fused AdamW",
+                ["optimizer", "worst step ms", "median step ms", "state MiB", "state / AdamW", "median x"],
+                rows)
     return results
 
 
@@ -51,13 +52,14 @@ def run_per_layer_memory(model="60m", granularity=4, rank=64, batch=4, context=6
     results = {}
     for per_layer in (False, True):
         net = Encoder(*MODELS[model])
-        param_groups = lorenza.param_groups(net, rank=rank, update_gap=200, scale=1.0, include=["in_proj_weight"])
+        param_groups = lorenza.param_groups(net, rank=rank, update_gap=200, scale=1.0,
+                                            include=["in_proj_weight"])
         opt = lorenza.ProjFactor(param_groups, lr=1e-4, granularity=granularity, per_layer=per_layer)
         projected_bytes = sum(p.numel() * p.element_size() for p in param_groups[0]["params"])
 
         def training_step():
-            loss = torch.nn.functional.cross_entropy(net(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
-            loss.backward()
+            logits = net(tokens[:, :-1]).flatten(0, 1)
+            torch.nn.functional.cross_entropy(logits, tokens[:, 1:].flatten()).backward()
             opt.step()
         training_step()  # allocates the state
         times, peaks = [], []
@@ -71,13 +73,14 @@ def run_per_layer_memory(model="60m", granularity=4, rank=64, batch=4, context=6
             times.append(time.perf_counter() - start)
         opt.remove_hooks()
         peak = None if None in peaks else min(peaks)
-        results["per-layer" if per_layer else "at the step"] = (statistics.median(times), peak, projected_bytes)
+        name = "per-layer" if per_layer else "at the step"
+        results[name] = (statistics.median(times), peak, projected_bytes)
     standard = results["at the step"][1]
     rows = [[name, seconds * 1e3, "-" if peak is None else peak / 2**20,
              "-" if peak is None else (standard - peak) / 2**20, projected / 2**20]
             for name, (seconds, peak, projected) in results.items()]
-    print_table(f"ProjFactor training step on the {model} encoder, c = {granularity}, r = {rank}, batch {batch} x "
-                f"{context} tokens: where the projected gradients are projected",
+    print_table(f"ProjFactor training step on the {model} encoder, c = {granularity}, r = {rank}, batch "
+                f"{batch} x {context} tokens: where the projected gradients are projected",
                 ["projection", "step ms", "peak above weights + state MiB", "saved MiB",
                  "gradients of projected weights MiB"], rows)
     return results
