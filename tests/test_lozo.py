@@ -103,6 +103,32 @@ def test_lozo_m_momentum_follows_the_official_rule_across_a_v_refresh():
         torch.testing.assert_close(W.detach(), expected_W, rtol=1e-9, atol=1e-12)
 
 
+def test_lozo_m_carries_momentum_over_a_refresh_it_skipped():
+    """A NaN at the step that refreshes V skips that step; the next step still moves N from the V it
+    was built in to the new one."""
+    m, n, rank, nu, beta = 6, 5, 2, 2, 0.8
+    G = torch.randn(m, n, dtype=torch.float64)
+    W = torch.nn.Parameter(torch.randn(m, n, dtype=torch.float64))
+    opt = LOZO([W], lr=0.05, zo_eps=1e-3, rank=rank, nu=nu, momentum=beta, seed=5)
+    group = opt.param_groups[0]
+
+    def factors(step, refresh):
+        U = low_rank_factor(group, Stream.LOW_RANK_U, step, 0, m, None).double()
+        return U, low_rank_factor(group, Stream.LOW_RANK_V, refresh, 0, n, None).double()
+    for _ in range(2):
+        opt.step(linear_loss(W, G))
+    N = opt.state[W]["momentum_buffer"].clone()
+    with pytest.warns(RuntimeWarning, match="update skipped"):
+        opt.step(lambda: (W * G).sum() * float("nan"))  # step 2 refreshes V: skipped
+    assert torch.equal(opt.state[W]["momentum_buffer"], N)
+    opt.step(linear_loss(W, G))  # step 3, in the period of V(2)
+    U, V = factors(3, 2)
+    _, V_old = factors(0, 0)
+    c = float((G * (U @ V.T)).sum())
+    expected = beta * N @ V_old.T @ V / n + (1 - beta) * c * U
+    torch.testing.assert_close(opt.state[W]["momentum_buffer"], expected, rtol=1e-9, atol=1e-12)
+
+
 def test_state_is_the_momentum_only_and_v_is_never_stored():
     model = torch.nn.Sequential(torch.nn.Linear(9, 6), torch.nn.Linear(6, 2))
     x = torch.randn(8, 9)

@@ -3,8 +3,8 @@ ALGORITHMS.md section 4)."""
 import torch
 
 from .. import random
+from ..projector import work_dtype
 from ..random import Stream, stream_key
-from ..reference.rsvd import compute_dtype as work_dtype
 from . import _checks
 from .directions import ProbeDirection, probe_keys
 from .zeroth_order import ZerothOrderOptimizer
@@ -41,10 +41,10 @@ class LowRankDirection:
         """``param = scale * param + alpha * left V^T`` for an ``m x rank`` ``left``."""
         self.param.addmm_(left.to(self.param.dtype), self._V_t, beta=scale, alpha=alpha)
 
-    def previous_V(self) -> torch.Tensor:
-        """The ``V`` of the refresh period before this one."""
-        return low_rank_factor(self.group, Stream.LOW_RANK_V, self.v_refresh - self.group["nu"],
-                               self.tensor_id, self.V.shape[0], self.param.device)
+    def V_of(self, refresh: int) -> torch.Tensor:
+        """The ``V`` drawn at refresh step ``refresh``."""
+        return low_rank_factor(self.group, Stream.LOW_RANK_V, refresh, self.tensor_id, self.V.shape[0],
+                               self.param.device)
 
 
 class LOZO(ZerothOrderOptimizer):
@@ -58,10 +58,12 @@ class LOZO(ZerothOrderOptimizer):
     the official code, the update always uses the probe's own ``U``, also on the steps that
     refresh ``V``.
 
-    ``momentum=beta > 0`` gives LOZO-M: ``N`` (``m x rank``, float32) follows
-    ``N <- beta N + (1 - beta) c U`` and the weight moves by ``-lr N V^T``; when ``V`` is refreshed
-    ``N <- beta N V_old^T V_new / n + (1 - beta) c U``, and the first step sets ``N = c U``, as the
-    official rule. Other parameters keep a full-shaped momentum of ``c z`` the same way. The
+    ``momentum=beta > 0`` gives LOZO-M: ``N`` (``m x rank``, float32, float64 for float64 weights)
+    follows ``N <- beta N + (1 - beta) c U`` and the weight moves by ``-lr N V^T``; when ``V`` has
+    changed since ``N`` was last updated, ``N <- beta N V_old^T V_new / n + (1 - beta) c U``, and
+    the first step sets ``N = c U``, as the official rule. (The state records which ``V`` ``N`` is
+    in, so a skipped step does not leave it in the wrong basis.) Other parameters keep a
+    full-shaped momentum of ``c z`` the same way. The
     closure contract and the handling of failures are those of
     :class:`~lorenza.optim.zeroth_order.ZerothOrderOptimizer`.
     """
@@ -100,13 +102,14 @@ class LOZO(ZerothOrderOptimizer):
         if N is None:
             state["momentum_buffer"] = N = c * U
         else:
-            if direction.v_refresh == group["zo_step"]:  # V changed: carry N over to the new basis
-                n = direction.V.shape[0]
-                V_old, V = direction.previous_V().to(N.dtype), direction.V.to(N.dtype)
-                N.copy_(N @ (V_old.T @ V)).mul_(beta / n)
+            basis = int(state["momentum_v_refresh"])
+            if basis != direction.v_refresh:  # V changed: carry N over to the new basis
+                V_old, V = direction.V_of(basis).to(N.dtype), direction.V.to(N.dtype)
+                N.copy_(N @ (V_old.T @ V)).mul_(beta / V.shape[0])
             else:
                 N.mul_(beta)
             N.add_(U, alpha=(1 - beta) * c)
+        state["momentum_v_refresh"] = torch.tensor(direction.v_refresh)
         scale = self.decay_scale(param, group)
         direction.add_((U * (scale * mu)).sub_(N, alpha=group["lr"]), 1.0, scale)
 
