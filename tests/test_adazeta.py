@@ -17,13 +17,15 @@ def test_the_query_schedule_numbers(epoch, expected):
 
 
 def test_the_rate_reaches_the_target_at_the_given_epoch_count():
-    rate = rate_for_target(q_target=10, shrink=0.85, epochs=20)
-    assert math.isclose(rate, math.log(10 / 0.85) / math.log(20))
-    assert math.isclose(0.85 * 20**rate, 10)
+    """20 epochs: the last is epoch 19, where the schedule reaches q_target exactly."""
+    rate = rate_for_target(q_target=10, shrink=0.85, last_epoch=19)
+    assert math.isclose(rate, math.log(10 / 0.85) / math.log(19))
+    assert math.isclose(0.85 * 19**rate, 10)
     opt = AdaZeta([torch.nn.Parameter(torch.zeros(3))], steps_per_epoch=4, q_target=10, epochs=20)
     assert opt.rate() == rate
     epochs = (0, 5, 10, 19)
     assert [opt.queries_at(4 * e) for e in epochs] == [query_count(e, 0.85, rate, 15) for e in epochs]
+    assert opt.queries_at(4 * 19) == 10 and opt.queries_at(4 * 18) < 10
 
 
 def test_each_step_makes_the_scheduled_number_of_probe_pairs():
@@ -67,7 +69,7 @@ def test_trajectory_equals_adazetas_official_update():
     (dict(steps_per_epoch=0), ValueError, "steps_per_epoch"),
     (dict(steps_per_epoch=10, rate=0.5, q_target=5, epochs=10), ValueError, "not both"),
     (dict(steps_per_epoch=10, q_target=5), ValueError, "needs epochs"),
-    (dict(steps_per_epoch=10, q_target=5, epochs=1), ValueError, "epochs"),
+    (dict(steps_per_epoch=10, q_target=5, epochs=2), ValueError, "epochs"),
     (dict(steps_per_epoch=10, q_max=0), ValueError, "q_max"),
     (dict(steps_per_epoch=10, shrink=0.0), ValueError, "shrink"),
     (dict(steps_per_epoch=10, rate=-1.0), ValueError, "rate"),

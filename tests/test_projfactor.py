@@ -221,3 +221,38 @@ def test_a_failed_check_leaves_weights_and_state_untouched():
     with pytest.raises(TypeError, match="complex"):
         opt.step()
     assert torch.equal(W.detach(), before) and not any(opt.state.values())
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_staggered_refreshes_work(per_layer):
+    W = [torch.nn.Parameter(torch.randn(24, 16)) for _ in range(3)]
+    opt = ProjFactor([{"params": W, "stagger": True}], rank=3, update_gap=3, per_layer=per_layer)  # a group key
+    for _ in range(4):
+        opt.zero_grad()
+        sum((w**2).sum() for w in W).backward()
+        opt.step()
+    assert all(opt.state[w]["step"] == 4 for w in W)
+
+
+def test_one_per_layer_optimizer_per_parameter():
+    import gc
+
+    W = torch.nn.Parameter(torch.randn(24, 16))
+    first = ProjFactor([W], rank=3, per_layer=True)
+    with pytest.raises(ValueError, match="already projected in backward by another ProjFactor"):
+        ProjFactor([W], rank=3, per_layer=True)
+    first.remove_hooks()
+    second = ProjFactor([W], rank=3, per_layer=True)
+    del second
+    gc.collect()  # a dropped optimizer's hook does nothing and lets the parameter go
+    third = ProjFactor([W], rank=3, per_layer=True)
+    (W**2).sum().backward()
+    assert W.grad is None and "projected_grad" in third.state[W]
+
+
+def test_only_weights_meant_to_be_projected_must_divide_and_no_empty_state_is_kept():
+    W, B = torch.nn.Parameter(torch.randn(64, 64)), torch.nn.Parameter(torch.randn(10, 3))
+    opt = ProjFactor([{"params": [W, B], "rank": 8}], granularity=2)  # rank 8 >= 3: B is not projected
+    (W**2).sum().backward()
+    opt.step()
+    assert len(opt.state_dict()["state"]) == 1  # B had no gradient: no state, not even an empty one

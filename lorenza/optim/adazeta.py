@@ -8,14 +8,18 @@ from .zeroth_order import ZerothOrderOptimizer
 DEFAULT_RATE = 0.5  # the official code's inc_rate
 
 
+ROUNDING_SLACK = 1e-9  # so that a count meant to be exactly an integer is not floored below it
+
+
 def query_count(epoch: int, shrink: float, rate: float, q_max: int) -> int:
     """Queries of epoch ``epoch`` (0-based): ``min(max(floor(shrink * epoch^rate), 1), q_max)``."""
-    return min(max(math.floor(shrink * epoch**rate), 1), q_max)
+    return min(max(math.floor(shrink * epoch**rate + ROUNDING_SLACK), 1), q_max)
 
 
-def rate_for_target(q_target: float, shrink: float, epochs: int) -> float:
-    """The rate at which ``shrink * epochs^rate = q_target``: ``ln(q_target / shrink) / ln(epochs)``."""
-    return math.log(q_target / shrink) / math.log(epochs)
+def rate_for_target(q_target: float, shrink: float, last_epoch: int) -> float:
+    """The rate at which ``shrink * last_epoch^rate = q_target``:
+    ``ln(q_target / shrink) / ln(last_epoch)``."""
+    return math.log(q_target / shrink) / math.log(last_epoch)
 
 
 class AdaZeta(ZerothOrderOptimizer):
@@ -27,10 +31,12 @@ class AdaZeta(ZerothOrderOptimizer):
     ``z_i``: ``W <- W - lr ((1/Q_e) sum_i c_i z_i + weight_decay W)`` (no decay on 1-D
     parameters), the ``z_i`` regenerated from their seeds and never stored, the restore of the
     last probe fused into the update. ``rate`` may be given, or derived from ``q_target``, the
-    count reached at ``e = epochs`` (the run's number of epochs):
-    ``rate = ln(q_target / shrink) / ln(epochs)``, as the official code computes it; with neither,
-    ``rate = 0.5``. ``steps_per_epoch`` (optimizer steps in one epoch) is required. Pair it with
-    :func:`lorenza.adapters.add_tt_adapters` to train tensor-train adapters, as the paper does.
+    count reached at the run's last epoch ``E = epochs - 1`` (``epochs`` the run's number of
+    epochs, at least 3): ``rate = ln(q_target / shrink) / ln(E)``. (The official code divides by
+    ``ln(epochs)`` and so reaches ``q_target`` one epoch after the run.) With neither,
+    ``rate = 0.5``, the official default. ``steps_per_epoch`` (optimizer steps in one epoch) is
+    required. Pair it with :func:`lorenza.adapters.add_tt_adapters` to train tensor-train
+    adapters, as the paper does.
     The closure contract and the handling of failures are those of
     :class:`~lorenza.optim.zeroth_order.ZerothOrderOptimizer`.
     """
@@ -61,12 +67,12 @@ class AdaZeta(ZerothOrderOptimizer):
             if group["epochs"] is None:
                 raise ValueError("q_target needs epochs, the run's number of epochs, to derive the rate")
         if group["epochs"] is not None:
-            _checks.int_at_least("epochs", group["epochs"], 2)
+            _checks.int_at_least("epochs", group["epochs"], 3)  # the last epoch E = epochs - 1 >= 2
 
     def rate(self) -> float:
         group = self.param_groups[0]
         if group["q_target"] is not None:
-            return rate_for_target(group["q_target"], group["shrink"], group["epochs"])
+            return rate_for_target(group["q_target"], group["shrink"], group["epochs"] - 1)
         return DEFAULT_RATE if group["rate"] is None else group["rate"]
 
     def queries_at(self, step: int = None) -> int:

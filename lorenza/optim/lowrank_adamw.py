@@ -72,7 +72,7 @@ class LowRankAdamW(LorenzaOptimizer):
         _checks.int_at_least("granularity", group["granularity"], 1)
         if group["rank"] is not None:
             for param in group["params"]:
-                if param.dim() == 2:
+                if param.dim() == 2 and group["rank"] < min(param.shape):  # a weight meant to be projected
                     proj.check_granularity(param.shape, proj.side_for(param.shape, group["proj_type"]),
                                            group["granularity"])
 
@@ -108,7 +108,9 @@ class LowRankAdamW(LorenzaOptimizer):
             return None
         state = self.state[param]
         step = int(state["step"]) if "step" in state else 0
-        if not (grad is not None if this_step is None else this_step):
+        if this_step is None:
+            this_step = grad is not None
+        if not this_step:
             if step == 0:
                 return None
             step -= 1  # the basis the previous step used
@@ -127,15 +129,15 @@ class LowRankAdamW(LorenzaOptimizer):
 
     # -- the Adam update ----------------------------------------------------------------------
 
-    def _moments(self, param, shape):
-        """The parameter's state, with zero moments of ``shape`` on its first step."""
+    def _moments(self, param, shapes: dict):
+        """The parameter's state with this step counted and the zero moments ``{key: shape}`` it
+        lacks created (float32, float64 for float64 weights)."""
         state = self.state[param]
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-        if "exp_avg" not in state:
-            dtype = proj.work_dtype(param.dtype)
-            state["exp_avg"] = torch.zeros(shape, dtype=dtype, device=param.device)
-            state["exp_avg_sq"] = torch.zeros(shape, dtype=dtype, device=param.device)
+        for key, shape in shapes.items():
+            if key not in state:
+                state[key] = torch.zeros(shape, dtype=proj.work_dtype(param.dtype), device=param.device)
         state["step"] += 1
         return state
 
@@ -169,7 +171,8 @@ class LowRankAdamW(LorenzaOptimizer):
             else:
                 projected.append((group, param, projection))
         for group, param, projection in projected:
-            state = self._moments(param, projection.subspace_shape())
+            shape = projection.subspace_shape()
+            state = self._moments(param, {"exp_avg": shape, "exp_avg_sq": shape})
             if group["projector"] != "random":
                 state["basis"] = projection.basis
             t = int(state["step"])
@@ -178,12 +181,19 @@ class LowRankAdamW(LorenzaOptimizer):
                                       **adam_hyper(group, t))
         batches = defaultdict(list)
         for group, param in plain:
-            state = self._moments(param, param.shape)
+            state = self._moments(param, {"exp_avg": param.shape, "exp_avg_sq": param.shape})
             batches[(id(group), int(state["step"]))].append((group, param))
         for (_, t), members in batches.items():
             group, params = members[0][0], [p for _, p in members]
             multi_tensor_adam.adam_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
                                     [self.state[p]["exp_avg_sq"] for p in params], **adam_hyper(group, t))
+
+    def _pending(self, param) -> bool:
+        """Whether the parameter has something to apply at this step."""
+        return param.grad is not None
+
+    def _apply_updates(self, entries) -> None:
+        self.adam_updates(entries)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -192,5 +202,5 @@ class LowRankAdamW(LorenzaOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.adam_updates([(group, p, i) for group, p, i in self.params_with_ids() if p.grad is not None])
+        self._apply_updates([(group, p, i) for group, p, i in self.params_with_ids() if self._pending(p)])
         return loss

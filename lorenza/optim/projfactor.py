@@ -1,6 +1,7 @@
 """ProjFactor: VLoRP's projected first moment with an Adafactor-style second moment (Wang et al.
 2025; ALGORITHMS.md section 7)."""
 import math
+import weakref
 
 import torch
 
@@ -57,7 +58,7 @@ class ProjFactor(LowRankAdamW):
     every ``update_gap`` steps: ``S = G~ P`` (nothing of ``P`` is stored). With
     ``B = scale * reshape(S P^T / rank)``, the unbiased back-projection:
 
-        M = b1 M + (1 - b1) S                      (m c x rank)
+        M = b1 M + (1 - b1) S                      (shaped like S: m c x rank, or rank x n c when wide)
         v_row = b2 v_row + (1 - b2) rowsum(B^2)    (m)       v_col likewise (n)
         V = outer(v_row, v_col) / sum(v_row)
         W -= lr sqrt(1 - b2^t) / (1 - b1^t) * scale * back(M) / (sqrt(V) + eps)
@@ -96,31 +97,47 @@ class ProjFactor(LowRankAdamW):
         if self.per_layer:
             for param in self.param_groups[-1]["params"]:
                 if param.dim() == 2:
-                    self._hooks.append(param.register_post_accumulate_grad_hook(self._project_grad))
+                    self._hook(param)
+
+    def _hook(self, param) -> None:
+        """Project ``param``'s gradients in backward. The hook holds the optimizer weakly: once the
+        optimizer is gone it does nothing, and another ProjFactor may take the parameter."""
+        owner = getattr(param, "_lorenza_per_layer", None)
+        if owner is not None and owner() is not None:
+            raise ValueError(f"a parameter of shape {tuple(param.shape)} is already projected in backward by "
+                             "another ProjFactor (call its remove_hooks() first)")
+        param._lorenza_per_layer = weakref.ref(self)
+        project = weakref.WeakMethod(self._project_grad)
+
+        def hook(tensor):
+            method = project()
+            if method is not None:
+                method(tensor)
+        self._hooks.append((param, param.register_post_accumulate_grad_hook(hook)))
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._index_owners()  # the groups are new dicts now
 
     def _index_owners(self) -> None:
-        """``id(param) -> (group, tensor_id)``, what a gradient hook needs to find its projection."""
+        """``id(param) -> (group, tensor_id)`` and the stagger numbering: what a gradient hook needs
+        to find its projection."""
         self._owners = {id(param): (group, tensor_id) for group, param, tensor_id in self.params_with_ids()}
+        self.index_projected()
 
     def remove_hooks(self) -> None:
-        for handle in self._hooks:
+        """Stop projecting in backward; gradients then stay in ``.grad`` for ``step()``."""
+        for param, handle in self._hooks:
             handle.remove()
+            del param._lorenza_per_layer
         self._hooks = []
-
-    def _step_projection(self, param, group, tensor_id):
-        """The projection of the step about to be taken (the basis is regenerated, no gradient needed)."""
-        return self.projection(param, group, tensor_id, this_step=True)
 
     @torch.no_grad()
     def _project_grad(self, param) -> None:
         group, tensor_id = self._owners[id(param)]
         if param.grad is None or not self.is_projected(param, group):
             return
-        projected = self._step_projection(param, group, tensor_id).project(param.grad)
+        projected = self.projection(param, group, tensor_id, this_step=True).project(param.grad)
         state = self.state[param]
         if "projected_grad" in state:
             state["projected_grad"].add_(projected)
@@ -139,26 +156,19 @@ class ProjFactor(LowRankAdamW):
 
     # -- the update ---------------------------------------------------------------------------
 
-    def _factored_state(self, param, moment_shape, rows: int, cols: int):
-        state = self.state[param]
-        if "step" not in state:
-            dtype = work_dtype(param.dtype)
-            state["step"] = torch.tensor(0.0, dtype=torch.float32)
-            state["exp_avg"] = torch.zeros(moment_shape, dtype=dtype, device=param.device)
-            state["exp_avg_sq_row"] = torch.zeros(rows, dtype=dtype, device=param.device)
-            state["exp_avg_sq_col"] = torch.zeros(cols, dtype=dtype, device=param.device)
-        state["step"] += 1
-        return state
+    def _pending(self, param) -> bool:
+        return param.grad is not None or "projected_grad" in self.state.get(param, {})
 
-    def factored_updates(self, entries) -> None:
+    def _apply_updates(self, entries) -> None:
         """The ProjFactor step of every ``(group, param, tensor_id)``, from its ``.grad`` and/or its
         projected accumulator. Two phases, so that an error leaves weights and state untouched."""
+        self.index_projected()
         planned = []
         for group, param, tensor_id in entries:
             if param.grad is not None:
                 self.check_grad(param, param.grad, type(self).__name__)
             projected = self.is_projected(param, group)
-            projection = self._step_projection(param, group, tensor_id) if projected else None
+            projection = self.projection(param, group, tensor_id, this_step=True) if projected else None
             if projection is None and param.dim() > 2 and not param.is_contiguous():
                 raise ValueError(f"ProjFactor needs contiguous parameters of more than two dimensions; one "
                                  f"of shape {tuple(param.shape)} is not")
@@ -183,7 +193,7 @@ class ProjFactor(LowRankAdamW):
         beta1, beta2 = group["betas"]
         S, row_sq, col_sq = self._gradient(group, param, projection)
         rows, cols = matrix_shape(param)
-        state = self._factored_state(param, S.shape, rows, cols)
+        state = self._moments(param, {"exp_avg": S.shape, "exp_avg_sq_row": rows, "exp_avg_sq_col": cols})
         M, v_row, v_col = state["exp_avg"], state["exp_avg_sq_row"], state["exp_avg_sq_col"]
         M.mul_(beta1).add_(S, alpha=1 - beta1)
         v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
@@ -202,15 +212,3 @@ class ProjFactor(LowRankAdamW):
                          eps=group["eps"], rows_multiple=rows_multiple)
         if group["weight_decay"]:
             param.add_(param, alpha=-group["lr"] * group["weight_decay"])
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One optimizer step from the gradients in ``.grad`` (and, with ``per_layer``, the projected
-        accumulators); ``closure`` may recompute them."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.factored_updates([(group, p, i) for group, p, i in self.params_with_ids()
-                               if p.grad is not None or "projected_grad" in self.state[p]])
-        return loss

@@ -26,9 +26,10 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
     called and returns the scalar loss tensor; it runs under ``torch.no_grad()`` and must not call
     ``backward()``. Both evaluations of a pair start from the same random-generator state, so
     dropout masks are shared. The step returns the mean of the first pair, the loss at ``W`` to
-    O(zo_eps^2). If the closure raises, the weights are restored and nothing else changes. If a
-    loss is NaN/Inf, the weights are restored, the update is skipped with a ``RuntimeWarning``,
-    and the step counter still advances so the next step draws new directions.
+    O(zo_eps^2). If the closure raises, the weights are restored and the optimizer is unchanged
+    (the random generators have moved on as the closure used them). If a loss is NaN/Inf, the
+    weights are restored, the update is skipped with a ``RuntimeWarning``, and the step counter
+    still advances so the next step draws new directions.
 
     The group key ``zo_step`` counts steps (in ``state_dict``; the same in every group): with the
     base ``seed`` it names every random direction, so a resumed optimizer continues bit for bit.
