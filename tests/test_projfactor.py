@@ -226,7 +226,8 @@ def test_a_failed_check_leaves_weights_and_state_untouched():
 @pytest.mark.parametrize("per_layer", [False, True])
 def test_staggered_refreshes_work(per_layer):
     W = [torch.nn.Parameter(torch.randn(24, 16)) for _ in range(3)]
-    opt = ProjFactor([{"params": W, "stagger": True}], rank=3, update_gap=3, per_layer=per_layer)  # a group key
+    # stagger is a group key of the projected optimizers
+    opt = ProjFactor([{"params": W, "stagger": True}], rank=3, update_gap=3, per_layer=per_layer)
     for _ in range(4):
         opt.zero_grad()
         sum((w**2).sum() for w in W).backward()
@@ -256,3 +257,15 @@ def test_only_weights_meant_to_be_projected_must_divide_and_no_empty_state_is_ke
     (W**2).sum().backward()
     opt.step()
     assert len(opt.state_dict()["state"]) == 1  # B had no gradient: no state, not even an empty one
+
+
+def test_a_model_trained_per_layer_still_pickles():
+    import io
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 4))
+    opt = ProjFactor(model.parameters(), rank=3, per_layer=True)
+    model(torch.randn(2, 16)).sum().backward()
+    opt.step()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    assert len(buffer.getvalue()) > 0

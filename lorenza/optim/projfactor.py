@@ -8,6 +8,10 @@ import torch
 from ..projector import work_dtype
 from .lowrank_adamw import LowRankAdamW
 
+# id(param) -> (weak param, weak ProjFactor) projecting it in backward: no attribute is put on the
+# parameter, so a model pickles as before.
+_PER_LAYER_OWNERS = {}
+
 BLOCK_ELEMENTS = 1 << 18  # elements of the m x n update formed at a time: 1 MiB blocks stay in cache
 
 
@@ -102,11 +106,11 @@ class ProjFactor(LowRankAdamW):
     def _hook(self, param) -> None:
         """Project ``param``'s gradients in backward. The hook holds the optimizer weakly: once the
         optimizer is gone it does nothing, and another ProjFactor may take the parameter."""
-        owner = getattr(param, "_lorenza_per_layer", None)
-        if owner is not None and owner() is not None:
+        owned_param, owner = _PER_LAYER_OWNERS.get(id(param), (lambda: None, lambda: None))
+        if owned_param() is param and owner() is not None:
             raise ValueError(f"a parameter of shape {tuple(param.shape)} is already projected in backward by "
                              "another ProjFactor (call its remove_hooks() first)")
-        param._lorenza_per_layer = weakref.ref(self)
+        _PER_LAYER_OWNERS[id(param)] = (weakref.ref(param), weakref.ref(self))
         project = weakref.WeakMethod(self._project_grad)
 
         def hook(tensor):
@@ -129,7 +133,7 @@ class ProjFactor(LowRankAdamW):
         """Stop projecting in backward; gradients then stay in ``.grad`` for ``step()``."""
         for param, handle in self._hooks:
             handle.remove()
-            del param._lorenza_per_layer
+            _PER_LAYER_OWNERS.pop(id(param), None)
         self._hooks = []
 
     @torch.no_grad()
