@@ -110,6 +110,8 @@ class ProjFactor(LowRankAdamW):
         if owned_param() is param and owner() is not None:
             raise ValueError(f"a parameter of shape {tuple(param.shape)} is already projected in backward by "
                              "another ProjFactor (call its remove_hooks() first)")
+        if owned_param() is not param:  # the entry goes with the parameter
+            weakref.finalize(param, _PER_LAYER_OWNERS.pop, id(param), None)
         _PER_LAYER_OWNERS[id(param)] = (weakref.ref(param), weakref.ref(self))
         project = weakref.WeakMethod(self._project_grad)
 
