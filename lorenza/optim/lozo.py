@@ -22,12 +22,11 @@ class LowRankDirection:
     """LOZO's direction ``D = U V^T`` of a 2-D weight; ``U V^T`` is never formed (``addmm_``)."""
 
     def __init__(self, param, group, tensor_id):
-        m, n = param.shape
         step = group["zo_step"]
         self.param, self.group, self.tensor_id = param, group, tensor_id
         self.v_refresh = step - step % group["nu"]
-        self.U = low_rank_factor(group, Stream.LOW_RANK_U, step, tensor_id, m, param.device)
-        self.V = low_rank_factor(group, Stream.LOW_RANK_V, self.v_refresh, tensor_id, n, param.device)
+        self.U = low_rank_factor(group, Stream.LOW_RANK_U, step, tensor_id, param.shape[0], param.device)
+        self.V = self.V_of(self.v_refresh)
         self._V_t = self.V.T.to(param.dtype)
 
     def check(self) -> None:
@@ -43,7 +42,7 @@ class LowRankDirection:
 
     def V_of(self, refresh: int) -> torch.Tensor:
         """The ``V`` drawn at refresh step ``refresh``."""
-        return low_rank_factor(self.group, Stream.LOW_RANK_V, refresh, self.tensor_id, self.V.shape[0],
+        return low_rank_factor(self.group, Stream.LOW_RANK_V, refresh, self.tensor_id, self.param.shape[1],
                                self.param.device)
 
 

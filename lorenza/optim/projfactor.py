@@ -6,6 +6,7 @@ import weakref
 import torch
 
 from ..projector import work_dtype
+from ..reference.adam import decay_
 from .lowrank_adamw import LowRankAdamW
 
 # id(param) -> (weak param, weak ProjFactor) projecting it in backward: no attribute is put on the
@@ -141,9 +142,10 @@ class ProjFactor(LowRankAdamW):
     @torch.no_grad()
     def _project_grad(self, param) -> None:
         group, tensor_id = self._owners[id(param)]
-        if param.grad is None or not self.is_projected(param, group):
+        projection = self.projection(param, group, tensor_id, this_step=True)
+        if param.grad is None or projection is None:
             return
-        projected = self.projection(param, group, tensor_id, this_step=True).project(param.grad)
+        projected = projection.project(param.grad)
         state = self.state[param]
         if "projected_grad" in state:
             state["projected_grad"].add_(projected)
@@ -173,8 +175,7 @@ class ProjFactor(LowRankAdamW):
         for group, param, tensor_id in entries:
             if param.grad is not None:
                 self.check_grad(param, param.grad, type(self).__name__)
-            projected = self.is_projected(param, group)
-            projection = self.projection(param, group, tensor_id, this_step=True) if projected else None
+            projection = self.projection(param, group, tensor_id, this_step=True)
             if projection is None and param.dim() > 2 and not param.is_contiguous():
                 raise ValueError(f"ProjFactor needs contiguous parameters of more than two dimensions; one "
                                  f"of shape {tuple(param.shape)} is not")
@@ -216,5 +217,4 @@ class ProjFactor(LowRankAdamW):
             rows_multiple = projection.granularity if projection.side == "left" else 1
         factored_update_(param.view(rows, cols), numerator, v_row, v_col, step_size=step_size,
                          eps=group["eps"], rows_multiple=rows_multiple)
-        if group["weight_decay"]:
-            param.add_(param, alpha=-group["lr"] * group["weight_decay"])
+        decay_(param, group["lr"] * group["weight_decay"])

@@ -14,7 +14,8 @@ def _normalized(M, V, eps):
     return M / V.sqrt().add_(eps)
 
 
-def _decay_(param, decay):
+def decay_(param, decay):
+    """GaLore's weight decay, applied after the update: ``param -= decay * param``."""
     if decay:
         param.add_(param, alpha=-decay)
 
@@ -23,7 +24,7 @@ def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
     """Unprojected: ``M, V`` shaped like ``param``."""
     _moments_(M, V, grad.to(M.dtype), beta1, beta2)
     param.add_(_normalized(M, V, eps), alpha=-step_size)
-    _decay_(param, decay)
+    decay_(param, decay)
 
 
 def projected_adam_(param, grad, M, V, projection, *, scale, residual, beta1, beta2, eps,
@@ -46,4 +47,4 @@ def projected_adam_(param, grad, M, V, projection, *, scale, residual, beta1, be
             projection.lift_add_(param, R, alpha * phi)
         else:  # a low-precision weight takes Delta formed in fp32 and rounds once
             param.add_(grad.to(R.dtype) - projection.lift(R), alpha=-alpha * phi)
-    _decay_(param, decay)
+    decay_(param, decay)
