@@ -26,8 +26,9 @@ TORCH, EXT, TRITON = "torch", "ext", "triton"
 # The implementations each op has besides the PyTorch reference.
 OPS = {
     "rsvd": (EXT,),
-    "noise": (EXT,),
-    "projected_adam": (),
+    "noise": (EXT, TRITON),  # filling a tensor with a noise stream
+    "perturb": (TRITON,),  # adding noise to a weight in place: Gaussian, U V^T, lift(Z)
+    "projected_adam": (TRITON,),  # the Adam steps of LowRankAdamW and Lorenza, projected and plain
 }
 
 
@@ -101,20 +102,24 @@ def _explicit(op: str):
     return choice if choice == TORCH or choice in OPS[op] else None
 
 
+def _auto_candidates(op: str, device: torch.device) -> list:
+    """What ``auto`` tries before the reference: Triton only for CUDA tensors."""
+    return [b for b in ((TRITON,) if device.type == "cuda" else ()) + (EXT,) if b in OPS[op]]
+
+
 def explain(op: str, device) -> tuple:
     """``(backend, reason)`` for ``op`` on ``device`` under the current LORENZA_BACKEND."""
     device = torch.device(device)
     choice = _explicit(op)
     if choice is not None:
         return choice, _why_not(choice, op, device) or f"LORENZA_BACKEND={choice}"
-    candidates = [b for b in ((TRITON,) if device.type == "cuda" else ()) + (EXT,) if b in OPS[op]]
     skipped = []
-    for backend in candidates:
+    for backend in _auto_candidates(op, device):
         reason = _why_not(backend, op, device)
         if reason is None:
             return backend, "auto"
         skipped.append(reason)
-    return TORCH, "; ".join(skipped) or f"{op} has only the PyTorch implementation"
+    return TORCH, "; ".join(skipped) or f"auto has no faster {op} for {device.type} tensors"
 
 
 def resolve(op: str, device) -> str:
@@ -124,7 +129,7 @@ def resolve(op: str, device) -> str:
     if _explicit(op) is not None:
         if _why_not(backend, op, device) is not None:
             raise BackendUnavailable(f"LORENZA_BACKEND={backend} cannot run {op} on {device.type}: {reason}")
-    elif backend == TORCH and OPS[op]:
+    elif backend == TORCH and _auto_candidates(op, device):  # a faster backend was skipped
         _warn_fallback(op, device.type, reason)
     return backend
 

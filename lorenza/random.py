@@ -52,8 +52,12 @@ def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
     if out.dtype != torch.float32 or not out.is_contiguous():
         raise TypeError(f"normal_ fills a contiguous float32 tensor, got {out.dtype} "
                         f"{'contiguous' if out.is_contiguous() else 'non-contiguous'}")
-    if backend.resolve("noise", out.device) == backend.EXT:
+    chosen = backend.resolve("noise", out.device)
+    if chosen == backend.EXT:
         torch.ops.lorenza.philox_normal_(out, key, start)
+    elif chosen == backend.TRITON:
+        from .kernels import philox as triton_philox
+        triton_philox.normal_(out, key, start)
     else:
         philox.normal_(out, key, start)
     return out
@@ -77,7 +81,8 @@ def _chunks(numel: int, coeffs, keys, device):
         yield start, out
 
 
-def _as_lists(coeffs, keys):
+def nonzero_terms(coeffs, keys):
+    """``(coeffs, keys)`` as lists, without the terms whose coefficient is 0."""
     coeffs = [float(c) for c in coeffs] if isinstance(coeffs, (list, tuple)) else [float(coeffs)]
     keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
     if len(coeffs) != len(keys):
@@ -90,7 +95,7 @@ def noise_chunks(numel: int, coeffs, keys, device=None):
     """Yield ``(start, values)`` with ``values = sum_j coeffs[j] * z_j`` over consecutive chunks of
     the first ``numel`` elements (nothing when every coefficient is 0); ``values`` is a float32
     buffer reused from one chunk to the next."""
-    coeffs, keys = _as_lists(coeffs, keys)
+    coeffs, keys = nonzero_terms(coeffs, keys)
     if keys:
         yield from _chunks(numel, coeffs, keys, device)
 
@@ -101,14 +106,17 @@ def add_randn_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0) -> torch.
     shaped like it.
 
     The noise is made chunk by chunk and each chunk of ``tensor`` is updated while it is in cache,
-    so no tensor-sized temporary is allocated. Arithmetic is float32 (float64 for a float64
-    tensor), rounded once to the tensor's dtype.
+    so no tensor-sized temporary is allocated (the Triton kernel makes it in registers).
+    Arithmetic is float32 (float64 for a float64 tensor), rounded once to the tensor's dtype.
     """
     if not tensor.is_contiguous():
         raise ValueError("add_randn_ needs a contiguous tensor")
-    coeffs, keys = _as_lists(coeffs, keys)
+    coeffs, keys = nonzero_terms(coeffs, keys)
     if not keys:
         return tensor.mul_(scale) if scale != 1.0 else tensor
+    if backend.resolve("perturb", tensor.device) == backend.TRITON:
+        from .kernels import perturb
+        return perturb.gaussian_add_(tensor, coeffs, keys, scale)
     flat = tensor.view(-1)
     for start, values in _chunks(flat.numel(), coeffs, keys, tensor.device):
         chunk = flat[start:start + values.numel()]

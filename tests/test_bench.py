@@ -2,6 +2,7 @@
 import math
 
 from bench import projfactor, zeroth_order
+from conftest import DEVICE, requires_triton
 
 
 def test_zeroth_order_benchmark_reports_time_memory_and_state(capsys):
@@ -32,3 +33,15 @@ def test_projfactor_benchmark_reports_state_time_and_the_per_layer_saving(capsys
     assert set(memory) == {"at the step", "per-layer"}
     for seconds, peak, projected_bytes in memory.values():  # the peaks themselves are too noisy to compare
         assert seconds > 0 and projected_bytes > 0 and (peak is None or peak > 0)
+
+
+@requires_triton
+def test_kernel_benchmark_reports_every_kernel_against_its_baseline(capsys):
+    from bench import kernels
+    results = kernels.run(device=DEVICE, shapes=kernels.QUICK_SHAPES, rank=7, allow_interpreter=True)
+    out = capsys.readouterr().out
+    assert "% of copy" in out and "x baseline" in out
+    assert len(results) == 6 and any("projected Adam" in name for name, _ in results)
+    for ours, baseline, floor in results.values():
+        assert ours > 0 and baseline > 0 and floor > 0
+    assert "skipped on cpu" in (kernels.run(device="cpu") or capsys.readouterr().out)

@@ -6,7 +6,7 @@ A direction object belongs to one parameter and holds the keys of its ``q`` dire
 """
 import torch
 
-from .. import backend, random
+from .. import backend, perturb, random
 from ..random import Stream, stream_key
 
 
@@ -28,39 +28,28 @@ class ProbeDirection:
 
     def check(self) -> None:
         """Raise now, before any weight moves, for what would make a move fail halfway."""
-        if self.projection is None:
-            if not self.param.is_contiguous():
-                raise ValueError(f"a full-rank probe needs contiguous parameters; one of shape "
-                                 f"{tuple(self.param.shape)} is not (call .contiguous() on it)")
-            backend.resolve("noise", self.param.device)
-
-    def _subspace_sum(self, coeffs):
-        shape = self.projection.subspace_shape()
-        dtype = self.projection.basis.dtype
-        total = None
-        for coeff, key in zip(coeffs, self.keys):
-            if coeff:
-                term = random.randn(shape, key, device=self.param.device, dtype=dtype).mul_(coeff)
-                total = term if total is None else total.add_(term)
-        return total
+        if self.projection is None and not self.param.is_contiguous():
+            raise ValueError(f"a full-rank probe needs contiguous parameters; one of shape "
+                             f"{tuple(self.param.shape)} is not (call .contiguous() on it)")
+        backend.resolve("perturb", self.param.device)
+        backend.resolve("noise", self.param.device)
 
     def move_(self, coeffs, scale: float = 1.0) -> None:
         if self.projection is None:
             random.add_randn_(self.param, coeffs, self.keys, scale=scale)
-            return
-        if scale != 1.0:
-            self.param.mul_(scale)
-        combined = self._subspace_sum(coeffs)
-        if combined is not None:
-            self.projection.lift_add_(self.param, combined, 1.0)
+        else:
+            perturb.subspace_add_(self.param, self.projection, coeffs, self.keys, scale=scale)
 
     def norm_sq(self, coeffs) -> torch.Tensor:
         """``||sum_j coeffs[j] * D_j||^2``."""
         if self.projection is None:
             return random.randn_norm_sq(self.param.numel(), coeffs, self.keys, self.param.device)
-        combined = self._subspace_sum(coeffs)
-        if combined is None:
+        coeffs, keys = random.nonzero_terms(coeffs, self.keys)
+        if not keys:
             return torch.zeros((), dtype=torch.float64)
+        shape, dtype = self.projection.subspace_shape(), self.projection.basis.dtype
+        combined = sum(random.randn(shape, k, device=self.param.device, dtype=dtype) * c
+                       for c, k in zip(coeffs, keys))
         return self.projection.lifted_norm_sq(combined).double()
 
 

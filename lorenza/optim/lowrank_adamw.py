@@ -4,10 +4,10 @@ from collections import defaultdict
 
 import torch
 
+from .. import adam
 from .. import projector as proj
 from ..random import Stream, draw_seed, stream_key
-from ..reference import adam as reference
-from . import _checks, multi_tensor_adam
+from . import _checks
 from .base import LorenzaOptimizer
 
 # GaLore's group keys, accepted as they are.
@@ -176,17 +176,17 @@ class LowRankAdamW(LorenzaOptimizer):
             if group["projector"] != "random":
                 state["basis"] = projection.basis
             t = int(state["step"])
-            reference.projected_adam_(param, param.grad, state["exp_avg"], state["exp_avg_sq"], projection,
-                                      scale=group["scale"], residual=group.get("residual", False),
-                                      **adam_hyper(group, t))
+            adam.projected_adam_(param, param.grad, state["exp_avg"], state["exp_avg_sq"], projection,
+                                 scale=group["scale"], residual=group.get("residual", False),
+                                 **adam_hyper(group, t))
         batches = defaultdict(list)
         for group, param in plain:
             state = self._moments(param, {"exp_avg": param.shape, "exp_avg_sq": param.shape})
             batches[(id(group), int(state["step"]))].append((group, param))
         for (_, t), members in batches.items():
             group, params = members[0][0], [p for _, p in members]
-            multi_tensor_adam.adam_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
-                                    [self.state[p]["exp_avg_sq"] for p in params], **adam_hyper(group, t))
+            adam.adam_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
+                       [self.state[p]["exp_avg_sq"] for p in params], **adam_hyper(group, t))
 
     def _pending(self, param) -> bool:
         """Whether the parameter has something to apply at this step."""

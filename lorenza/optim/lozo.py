@@ -2,7 +2,7 @@
 ALGORITHMS.md section 4)."""
 import torch
 
-from .. import random
+from .. import backend, perturb, random
 from ..projector import work_dtype
 from ..random import Stream, stream_key
 from . import _checks
@@ -10,35 +10,50 @@ from .directions import ProbeDirection, probe_keys
 from .zeroth_order import ZerothOrderOptimizer
 
 
+def factor_key(group: dict, stream: Stream, step: int, tensor_id: int) -> int:
+    """The noise key of ``U`` (``stream=LOW_RANK_U``, fresh each step) or ``V`` (``LOW_RANK_V``,
+    ``step`` = its refresh step)."""
+    return stream_key(group["seed"], stream, step, tensor_id)
+
+
 def low_rank_factor(group: dict, stream: Stream, step: int, tensor_id: int, rows: int,
                     device) -> torch.Tensor:
-    """``U`` (``stream=LOW_RANK_U``, fresh each step) or ``V`` (``LOW_RANK_V``, ``step`` = its refresh
-    step): a ``rows x rank`` Gaussian regenerated from the group's seed, in float32."""
-    key = stream_key(group["seed"], stream, step, tensor_id)
-    return random.randn((rows, group["rank"]), key, device=device)
+    """``U`` or ``V`` (see :func:`factor_key`): a ``rows x rank`` Gaussian in float32."""
+    return random.randn((rows, group["rank"]), factor_key(group, stream, step, tensor_id), device=device)
 
 
 class LowRankDirection:
-    """LOZO's direction ``D = U V^T`` of a 2-D weight; ``U V^T`` is never formed (``addmm_``)."""
+    """LOZO's direction ``D = U V^T`` of a 2-D weight, regenerated at every move; neither ``U V^T``
+    nor (in the Triton kernel) ``U`` and ``V`` is written to memory."""
 
     def __init__(self, param, group, tensor_id):
         step = group["zo_step"]
         self.param, self.group, self.tensor_id = param, group, tensor_id
         self.v_refresh = step - step % group["nu"]
-        self.U = low_rank_factor(group, Stream.LOW_RANK_U, step, tensor_id, param.shape[0], param.device)
-        self.V = self.V_of(self.v_refresh)
-        self._V_t = self.V.T.to(param.dtype)
+        self.step = step
+        self.key_u = factor_key(group, Stream.LOW_RANK_U, step, tensor_id)
+        self.key_v = factor_key(group, Stream.LOW_RANK_V, self.v_refresh, tensor_id)
 
     def check(self) -> None:
-        pass  # addmm_ writes any layout in place
+        backend.resolve("perturb", self.param.device)  # any layout is written in place
 
     def move_(self, coeffs, scale: float = 1.0) -> None:
         (alpha,) = coeffs
-        self.add_(self.U, alpha, scale)
+        perturb.low_rank_add_(self.param, alpha, scale, self.group["rank"], self.key_v, key_u=self.key_u)
 
     def add_(self, left: torch.Tensor, alpha: float, scale: float) -> None:
         """``param = scale * param + alpha * left V^T`` for an ``m x rank`` ``left``."""
-        self.param.addmm_(left.to(self.param.dtype), self._V_t, beta=scale, alpha=alpha)
+        perturb.low_rank_add_(self.param, alpha, scale, self.group["rank"], self.key_v, left=left)
+
+    @property
+    def U(self) -> torch.Tensor:
+        """This step's ``U`` (``m x rank``, float32), made only where it is needed (LOZO-M)."""
+        return low_rank_factor(self.group, Stream.LOW_RANK_U, self.step, self.tensor_id, self.param.shape[0],
+                               self.param.device)
+
+    @property
+    def V(self) -> torch.Tensor:
+        return self.V_of(self.v_refresh)
 
     def V_of(self, refresh: int) -> torch.Tensor:
         """The ``V`` drawn at refresh step ``refresh``."""

@@ -10,14 +10,16 @@ from collections import defaultdict
 
 import torch
 
-from ..reference import adam as reference
+from . import adam as reference
 
 FUSED_DEVICES = ("cpu", "cuda")
 
 
-def _fusable(param, grad, M) -> bool:
+def _fusable(param, grad, M, V) -> bool:
+    # the fused kernel walks the four tensors' storage in step: their layouts must agree
     return (hasattr(torch, "_fused_adam_") and param.device.type in FUSED_DEVICES
-            and param.dtype == grad.dtype == M.dtype and param.dtype in (torch.float32, torch.float64))
+            and param.dtype == grad.dtype == M.dtype and param.dtype in (torch.float32, torch.float64)
+            and param.stride() == grad.stride() == M.stride() == V.stride())
 
 
 def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, decay) -> None:
@@ -27,7 +29,7 @@ def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, de
     # step_size * M / (sqrt(V) + eps) for the lr' and eps' below.
     batches = defaultdict(list)
     for p, g, m, v in zip(params, grads, moments1, moments2):
-        if _fusable(p, g, m):
+        if _fusable(p, g, m, v):
             batches[(p.device, p.dtype)].append((p, g, m, v))
         else:
             reference.adam_(p, g, m, v, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size, decay=decay)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One call on a lent GPU: build, test on CUDA tensors, time the kernels. The log goes to
+# bench/results/<gpu>-<date>.txt (and to $OUT when the device tool sets it).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-')
+log="bench/results/${gpu}-$(date +%F).txt"
+{
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
+  python -m pip install -q --no-build-isolation -e . 2>&1 | tail -2
+  python -m pytest -q -p no:cacheprovider tests/test_triton_noise.py tests/test_triton_perturb.py \
+    tests/test_triton_projected_adam.py tests/test_triton_optimizers.py 2>&1 | tail -5
+  python -c "from bench import kernels; kernels.run('cuda')"
+} 2>&1 | tee "$log"
+[ -n "${OUT:-}" ] && cp "$log" "$OUT/"

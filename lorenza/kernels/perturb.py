@@ -1,0 +1,76 @@
+"""In-place seeded perturbations, the noise made inside the kernel (ALGORITHMS.md, Randomness):
+
+- ``gaussian_add_``: ``W = scale * W + sum_j c_j z_j`` with full-shaped ``z_j`` (MeZO, AdaZeta,
+  AdaZo-SAM; with ``scale = 1 - lr wd`` it is MeZO's fused restore-and-update);
+- ``low_rank_add_``: ``W = scale * W + alpha * U V^T`` (LOZO), ``U`` generated or given;
+- ``subspace_add_``: ``W = scale * W + lift(sum_j c_j Z_j)`` (Lorenza's probes and ascent).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from . import launch
+from .rounding import round_to
+from .philox import normals_4x
+from .rank_update import MAX_STREAMS, Noise, rank_update_
+
+
+@triton.jit(do_not_specialize=["k0", "k1", "k2", "k3", "scale"])
+def _gaussian_kernel(w_ptr, numel, k0, k1, k2, k3, c0, c1, c2, c3, scale,
+                     STREAMS: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+    base = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = base + tl.arange(0, BLOCK)
+    mask = offs < numel
+    noise = c0 * normals_4x(k0, base // 4, BLOCK // 4)
+    if STREAMS > 1:
+        noise += c1 * normals_4x(k1, base // 4, BLOCK // 4)
+    if STREAMS > 2:
+        noise += c2 * normals_4x(k2, base // 4, BLOCK // 4)
+    if STREAMS > 3:
+        noise += c3 * normals_4x(k3, base // 4, BLOCK // 4)
+    w = tl.load(w_ptr + offs, mask=mask).to(COMPUTE)
+    tl.store(w_ptr + offs, round_to(w * scale + noise.to(COMPUTE), w_ptr.dtype.element_ty), mask=mask)
+
+
+def gaussian_add_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0) -> torch.Tensor:
+    """``tensor = scale * tensor + sum_j coeffs[j] * z_{keys[j]}`` in place (contiguous tensor)."""
+    launch.check_dtype(tensor)
+    numel = tensor.numel()
+    if not keys:
+        return tensor.mul_(scale) if scale != 1.0 else tensor
+    block = launch.elementwise_block(numel)
+    for first in range(0, len(keys), MAX_STREAMS):  # more than 4 streams: one more pass per 4
+        ks, cs = list(keys[first:first + MAX_STREAMS]), [float(c) for c in coeffs[first:first + MAX_STREAMS]]
+        streams = len(ks)
+        ks, cs = ks + [ks[0]] * (MAX_STREAMS - streams), cs + [0.0] * (MAX_STREAMS - streams)
+        _gaussian_kernel[(triton.cdiv(numel, block),)](
+            tensor, numel, *ks, *cs, float(scale if first == 0 else 1.0), STREAMS=streams,
+            COMPUTE=launch.compute_dtype(tensor.dtype), BLOCK=block)
+    return tensor
+
+
+def low_rank_add_(weight: torch.Tensor, alpha: float, scale: float, rank: int, key_v: int, *,
+                  key_u: int = None, left: torch.Tensor = None) -> torch.Tensor:
+    """``weight = scale * weight + alpha * L V^T``: ``V`` (``n x rank``) is stream ``key_v``; ``L`` is
+    ``U``, stream ``key_u`` (``m x rank``), unless a tensor ``left`` is given."""
+    m, n = weight.shape
+    V_t = Noise([key_v], [1.0], (rank, n), (1, rank))  # V row-major n x rank, read transposed
+    L = left if left is not None else Noise([key_u], [1.0], (m, rank), (rank, 1))
+    return rank_update_(weight, L, V_t, alpha=alpha, scale=scale)
+
+
+def subspace_add_(weight: torch.Tensor, projection, coeffs, keys, scale: float = 1.0) -> torch.Tensor:
+    """``weight = scale * weight + lift(sum_j coeffs[j] Z_j)``, ``Z_j`` stream ``keys[j]`` shaped like
+    ``projection.subspace_shape()``. A left-side lift ``P Z`` is written as ``(Z^T P^T)^T`` so the
+    generated factor is always the left operand."""
+    folded = weight.view(projection.folded)
+    rows, cols = projection.subspace_shape()
+    if not keys:
+        return weight.mul_(scale) if scale != 1.0 else weight
+    if projection.side == "right":  # W += Z P, Z (rows x r) row-major
+        Z = Noise(list(keys), list(coeffs), (rows, cols), (cols, 1))
+        rank_update_(folded, Z, projection.basis, alpha=projection.lift_scale, scale=scale)
+    else:  # W^T += Z^T P^T, Z (r x cols) row-major
+        Z_t = Noise(list(keys), list(coeffs), (cols, rows), (1, cols))
+        rank_update_(folded.T, Z_t, projection.basis.T, alpha=projection.lift_scale, scale=scale)
+    return weight

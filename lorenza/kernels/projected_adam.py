@@ -1,0 +1,169 @@
+"""GaLore's Adam step (ALGORITHMS.md section 1) in three kernels:
+
+- project + Adam: ``R = P^T G`` or ``G P^T`` by a GEMM whose epilogue updates the moments in place
+  and writes the normalised step ``N = M / (sqrt(V) + eps)`` (``r``-sized, like the moments);
+- lift + update: ``W = (1 - decay) (W - step * scale * lift(N))`` through ``rank_update_``, written
+  into ``W`` tile by tile, so the step has no ``m x n`` temporary;
+- the unprojected Adam of many tensors in one launch: a table of their addresses, one program per
+  block of one tensor.
+
+Scalars that change every step (step size, decay) are runtime arguments; arithmetic is fp32 (fp64
+for fp64 weights) and the moments are fp32 for bf16/fp16 weights.
+"""
+from collections import OrderedDict, defaultdict
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import adam as reference
+from . import launch
+from .rounding import round_to
+from .rank_update import rank_update_
+
+
+@triton.jit
+def _adam_moments(r, m, v, beta1, beta2, eps):
+    m = beta1 * m + (1.0 - beta1) * r
+    v = beta2 * v + (1.0 - beta2) * r * r
+    return m, v, m / (tl.sqrt(v) + eps)
+
+
+@triton.jit(do_not_specialize=["beta1", "beta2", "eps"])
+def _project_adam_kernel(a_ptr, sa0, sa1, b_ptr, sb0, sb1, m_ptr, v_ptr, n_ptr, r_ptr, n_rows, n_cols, K,
+                         beta1, beta2, eps, STORE_R: tl.constexpr, COMPUTE: tl.constexpr,
+                         PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok, col_ok = rows < n_rows, cols < n_cols
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=COMPUTE)
+    for k_start in range(0, K, BLOCK_K):
+        ks = k_start + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(a_ptr + rows[:, None] * sa0 + ks[None, :] * sa1, mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0).to(COMPUTE)
+        b = tl.load(b_ptr + ks[:, None] * sb0 + cols[None, :] * sb1, mask=k_ok[:, None] & col_ok[None, :],
+                    other=0.0).to(COMPUTE)
+        acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=COMPUTE)
+    mask = row_ok[:, None] & col_ok[None, :]
+    offs = rows[:, None] * n_cols + cols[None, :]  # moments, N and R are contiguous
+    m, v, n = _adam_moments(acc, tl.load(m_ptr + offs, mask=mask), tl.load(v_ptr + offs, mask=mask),
+                            beta1, beta2, eps)
+    tl.store(m_ptr + offs, m, mask=mask)
+    tl.store(v_ptr + offs, v, mask=mask)
+    tl.store(n_ptr + offs, n, mask=mask)
+    if STORE_R:
+        tl.store(r_ptr + offs, acc, mask=mask)
+
+
+def _project_adam(G, M, V, projection, beta1, beta2, eps, store_R: bool):
+    """``N`` (and ``R`` when asked), with ``M, V`` updated in place."""
+    basis = projection.basis
+    N = torch.empty_like(M)
+    R = torch.empty_like(M) if store_R else N
+    if projection.side == "right":  # R = G P^T: G (rows x K), P^T (K x r)
+        A, B = G, basis.T
+    else:  # R = P^T G: P^T (r x K), G (K x cols)
+        A, B = basis.T, G
+    rows, cols = M.shape
+    block_m, block_n = launch.tile(rows, cols)
+    compute = launch.compute_dtype(M.dtype)
+    _project_adam_kernel[(triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))](
+        A, A.stride(0), A.stride(1), B, B.stride(0), B.stride(1), M, V, N, R, rows, cols, A.shape[1],
+        float(beta1), float(beta2), float(eps), STORE_R=store_R, COMPUTE=compute,
+        PRECISION="ieee" if compute == tl.float64 else launch.dot_precision(),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=launch.inner_block(A.shape[1]))
+    return N, (R if store_R else None)
+
+
+def projected_adam_(param, grad, M, V, projection, *, scale, residual, beta1, beta2, eps, step_size, decay):
+    """``reference.adam.projected_adam_`` with no ``m x n`` temporary (see the module docstring)."""
+    launch.check_dtype(param, grad, M)
+    G = grad.reshape(projection.folded)
+    W = param.view(projection.folded)
+    N, R = _project_adam(G, M, V, projection, beta1, beta2, eps, store_R=residual)
+    alpha, keep = step_size * scale, 1.0 - decay
+    grad_coef = 0.0
+    if residual:  # W -= alpha (lift(N) + phi (G - lift(R))) = alpha (lift(N - phi R) + phi G)
+        r_norm = R.norm()
+        phi = float(N.norm() / r_norm) if r_norm > 0 else 0.0
+        N = N.sub_(R, alpha=phi)
+        grad_coef = -alpha * phi * keep
+    lifted = (N, projection.basis) if projection.side == "right" else (projection.basis, N)
+    rank_update_(W, *lifted, alpha=-alpha * keep * projection.lift_scale, scale=keep,
+                 grad=G if residual else None, grad_coef=grad_coef)
+
+
+@triton.jit(do_not_specialize=["beta1", "beta2", "eps", "step_size", "keep"])
+def _multi_adam_kernel(table_ptr, blocks_ptr, beta1, beta2, eps, step_size, keep,
+                       P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, M_DTYPE: tl.constexpr,
+                       COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    tensor = tl.load(blocks_ptr + 2 * pid)
+    offs = tl.load(blocks_ptr + 2 * pid + 1) + tl.arange(0, BLOCK)
+    row = table_ptr + 5 * tensor  # (param, grad, exp_avg, exp_avg_sq) addresses, numel
+    p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
+    g_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
+    m_ptr = tl.load(row + 2).to(tl.pointer_type(M_DTYPE))
+    v_ptr = tl.load(row + 3).to(tl.pointer_type(M_DTYPE))
+    mask = offs < tl.load(row + 4)
+    g = tl.load(g_ptr + offs, mask=mask).to(COMPUTE)
+    m, v, n = _adam_moments(g, tl.load(m_ptr + offs, mask=mask).to(COMPUTE),
+                            tl.load(v_ptr + offs, mask=mask).to(COMPUTE), beta1, beta2, eps)
+    p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
+    tl.store(p_ptr + offs, round_to((p - step_size * n) * keep, P_DTYPE), mask=mask)
+    tl.store(m_ptr + offs, m.to(M_DTYPE), mask=mask)
+    tl.store(v_ptr + offs, v.to(M_DTYPE), mask=mask)
+
+
+class _LaunchTables:
+    """The device tables of a tensor list, kept while the same addresses come back (every step
+    of a training loop), so a step copies nothing to the device."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity, self.tables = capacity, OrderedDict()
+
+    def get(self, members, block: int, device):
+        rows = tuple((p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel())
+                     for p, g, m, v in members)
+        key = (rows, block, str(device))
+        if key not in self.tables:
+            blocks = [(t, start) for t, row in enumerate(rows) for start in range(0, row[4], block)]
+            pin = device.type == "cuda"
+            table = torch.tensor(rows, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=pin)
+            block_map = torch.tensor(blocks, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=pin)
+            self.tables[key] = (table, block_map)
+            if len(self.tables) > self.capacity:
+                self.tables.popitem(last=False)
+        self.tables.move_to_end(key)
+        return self.tables[key]
+
+
+_TABLES = _LaunchTables()
+
+
+def _flat_indexable(p, g, m, v) -> bool:
+    return all(t.is_contiguous() for t in (p, g, m, v)) and g.shape == p.shape
+
+
+def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, decay) -> None:
+    """``reference.adam.adam_`` of every tensor, one launch per (device, dtypes); a tensor that is
+    not contiguous takes the reference."""
+    groups = defaultdict(list)
+    for p, g, m, v in zip(params, grads, moments1, moments2):
+        launch.check_dtype(p, g, m)
+        if p.numel() == 0:
+            continue
+        if _flat_indexable(p, g, m, v):
+            groups[(p.device, p.dtype, g.dtype, m.dtype)].append((p, g, m, v))
+        else:
+            reference.adam_(p, g, m, v, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size, decay=decay)
+    for (device, p_dtype, g_dtype, m_dtype), members in groups.items():
+        block = launch.elementwise_block(max(p.numel() for p, *_ in members))
+        table, block_map = _TABLES.get(members, block, device)
+        _multi_adam_kernel[(block_map.shape[0],)](
+            table, block_map, float(beta1), float(beta2), float(eps), float(step_size), 1.0 - decay,
+            P_DTYPE=launch.TL_DTYPES[p_dtype], G_DTYPE=launch.TL_DTYPES[g_dtype],
+            M_DTYPE=launch.TL_DTYPES[m_dtype],
+            COMPUTE=launch.compute_dtype(p_dtype), BLOCK=block)

@@ -1,0 +1,130 @@
+"""``W <- scale * W + alpha * (A @ B) + grad_coef * G`` in place, tile by tile: the one kernel behind
+every low-rank write into a weight (GaLore's lift-and-update with its weight decay, Lorenza+'s
+residual term, LOZO's ``U V^T``, Lorenza's ``lift(Z)`` probes).
+
+``A`` (``rows x K``) and ``B`` (``K x cols``) are each either a tensor read with its strides, or
+:class:`Noise`, generated in the kernel where it is used: nothing of size ``rows x cols`` is ever
+formed, nor a generated ``rows x K`` factor written to memory. ``K`` (a rank) is summed with
+``tl.dot`` from 16 up, by broadcasting below.
+"""
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import launch
+from .rounding import round_to
+from .philox import normal_at
+
+MAX_STREAMS = 4  # noise streams summed by one launch (keys are scalar arguments: no host copy)
+
+
+@dataclass
+class Noise:
+    """The matrix ``X[i, k] = sum_j coeffs[j] * z_{keys[j]}[i * strides[0] + k * strides[1]]``."""
+
+    keys: list
+    coeffs: list
+    shape: tuple
+    strides: tuple
+
+    @property
+    def T(self) -> "Noise":
+        return Noise(self.keys, self.coeffs, self.shape[::-1], self.strides[::-1])
+
+
+@triton.jit
+def _noise_tile(rows, cols, s0, s1, mask, k0, k1, k2, k3, c0, c1, c2, c3, STREAMS: tl.constexpr):
+    index = rows.to(tl.int64)[:, None] * s0 + cols.to(tl.int64)[None, :] * s1
+    tile = c0 * normal_at(k0, index)
+    if STREAMS > 1:
+        tile += c1 * normal_at(k1, index)
+    if STREAMS > 2:
+        tile += c2 * normal_at(k2, index)
+    if STREAMS > 3:
+        tile += c3 * normal_at(k3, index)
+    return tl.where(mask, tile, 0.0)
+
+
+@triton.jit(do_not_specialize=["a_k0", "a_k1", "a_k2", "a_k3", "b_k0", "scale", "alpha", "grad_coef"])
+def _rank_update_kernel(w_ptr, n_rows, n_cols, sw0, sw1, K,
+                        a_ptr, sa0, sa1, a_k0, a_k1, a_k2, a_k3, a_c0, a_c1, a_c2, a_c3,
+                        b_ptr, sb0, sb1, b_k0,
+                        g_ptr, sg0, sg1, scale, alpha, grad_coef,
+                        A_STREAMS: tl.constexpr, B_NOISE: tl.constexpr, HAS_GRAD: tl.constexpr,
+                        COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok, col_ok = rows < n_rows, cols < n_cols
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=COMPUTE)
+    for k_start in range(0, K, BLOCK_K):
+        ks = k_start + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a_mask = row_ok[:, None] & k_ok[None, :]
+        if A_STREAMS > 0:  # A is noise (A_STREAMS streams); sa0, sa1 are stream-index strides
+            a = _noise_tile(rows, ks, sa0, sa1, a_mask, a_k0, a_k1, a_k2, a_k3, a_c0, a_c1, a_c2, a_c3,
+                            A_STREAMS).to(COMPUTE)
+        else:
+            a = tl.load(a_ptr + rows[:, None] * sa0 + ks[None, :] * sa1, mask=a_mask, other=0.0).to(COMPUTE)
+        b_mask = k_ok[:, None] & col_ok[None, :]
+        if B_NOISE:
+            b = _noise_tile(ks, cols, sb0, sb1, b_mask, b_k0, b_k0, b_k0, b_k0, 1.0, 0.0, 0.0, 0.0,
+                            1).to(COMPUTE)
+        else:
+            b = tl.load(b_ptr + ks[:, None] * sb0 + cols[None, :] * sb1, mask=b_mask, other=0.0).to(COMPUTE)
+        if BLOCK_K >= 16:
+            acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=COMPUTE)
+        else:  # a rank below 16: no padding of the generated factors
+            acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    mask = row_ok[:, None] & col_ok[None, :]
+    w_ptrs = w_ptr + rows[:, None] * sw0 + cols[None, :] * sw1
+    w = tl.load(w_ptrs, mask=mask).to(COMPUTE)
+    w = w * scale + acc * alpha
+    if HAS_GRAD:
+        g = tl.load(g_ptr + rows[:, None] * sg0 + cols[None, :] * sg1, mask=mask).to(COMPUTE)
+        w += g * grad_coef
+    tl.store(w_ptrs, round_to(w, w_ptr.dtype.element_ty), mask=mask)
+
+
+def _stream_args(noise: Noise, limit: int):
+    keys, coeffs = list(noise.keys), [float(c) for c in noise.coeffs]
+    if not 1 <= len(keys) <= limit:
+        raise ValueError(f"a launch sums 1 to {limit} noise streams, got {len(keys)}")
+    pad = limit - len(keys)
+    return keys + [keys[0]] * pad, coeffs + [0.0] * pad
+
+
+def rank_update_(W: torch.Tensor, A, B, *, alpha: float = 1.0, scale: float = 1.0,
+                 grad: torch.Tensor = None, grad_coef: float = 0.0) -> torch.Tensor:
+    """``W = scale * W + alpha * (A @ B) + grad_coef * grad``, in place; ``A`` and ``B`` are tensors or
+    :class:`Noise` (``B`` with one stream). Noise with more than 4 streams takes several launches."""
+    if isinstance(A, Noise) and len(A.keys) > MAX_STREAMS:
+        head = Noise(A.keys[:MAX_STREAMS], A.coeffs[:MAX_STREAMS], A.shape, A.strides)
+        tail = Noise(A.keys[MAX_STREAMS:], A.coeffs[MAX_STREAMS:], A.shape, A.strides)
+        rank_update_(W, head, B, alpha=alpha, scale=scale, grad=grad, grad_coef=grad_coef)
+        return rank_update_(W, tail, B, alpha=alpha)
+    rows, cols = W.shape
+    K = A.shape[1]
+    if tuple(A.shape) != (rows, K) or tuple(B.shape) != (K, cols):
+        raise ValueError(f"rank_update_: {tuple(A.shape)} @ {tuple(B.shape)} does not fit a {rows} x {cols} "
+                         "weight")
+    launch.check_dtype(W, *[t for t in (A, B, grad) if isinstance(t, torch.Tensor)])
+    a_noise, b_noise = isinstance(A, Noise), isinstance(B, Noise)
+    a_keys, a_coeffs = _stream_args(A, MAX_STREAMS) if a_noise else ([0] * 4, [0.0] * 4)
+    b_key = _stream_args(B, 1)[0][0] if b_noise else 0
+    block_m, block_n = launch.tile(rows, cols)
+    block_k = launch.inner_block(K, small_ok=a_noise or b_noise)
+    compute = launch.compute_dtype(W.dtype)
+    g = grad if grad is not None else W
+    grid = (triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))
+    _rank_update_kernel[grid](
+        W, rows, cols, W.stride(0), W.stride(1), K,
+        W if a_noise else A, *(A.strides if a_noise else A.stride()), *a_keys, *a_coeffs,
+        W if b_noise else B, *(B.strides if b_noise else B.stride()), b_key,
+        g, g.stride(0), g.stride(1), float(scale), float(alpha), float(grad_coef),
+        A_STREAMS=len(A.keys) if a_noise else 0, B_NOISE=b_noise, HAS_GRAD=grad is not None,
+        COMPUTE=compute, PRECISION="ieee" if compute == tl.float64 else launch.dot_precision(),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    return W
