@@ -1,36 +1,107 @@
-"""``python -m bench [--quick] [--device cpu|cuda]``: the rSVD, optimizer-step, ProjFactor, zeroth-order
-and (on CUDA) Triton-kernel tables."""
+"""``python -m bench [--quick] [--device cpu|cuda] [--model 60m|130m|350m|1b] [--out DIR]``
+
+Runs the rSVD, optimizer-step, ProjFactor, zeroth-order and (on CUDA) Triton-kernel benchmarks,
+each figure beside its baseline measured in the same run; prints the tables, then writes them
+with the machine, versions and date to ``DIR/<machine>-<date>.json`` and ``.csv``, and plots
+(time vs shape, memory per optimizer) to ``.png``.
+"""
 import argparse
+import csv
 import datetime
+import json
+import pathlib
 import platform
 
 import torch
 
 import lorenza
 
-from . import kernels, optim_step, projfactor, rsvd, zeroth_order
+from . import kernels, optim_step, plots, projfactor, rsvd, zeroth_order
+from .timing import TABLES
+
+
+def sections(args) -> dict:
+    """``{name: run}`` in the order they run."""
+    if args.quick:
+        return {
+            "rsvd": lambda: rsvd.run(shapes=((256, 688),), rank=32, reps=2),
+            "optimizer step": lambda: optim_step.run(model=args.model or "60m", rank=32, gap=3,
+                                                     device=args.device),
+            "ProjFactor": lambda: projfactor.run(quick=True),
+            "zeroth-order": lambda: zeroth_order.run(model="quick", reps=2),
+            "Triton kernels": lambda: kernels.run(args.device, shapes=kernels.QUICK_SHAPES, rank=32),
+        }
+    return {
+        "rsvd": rsvd.run,
+        "optimizer step": lambda: optim_step.run(model=args.model or "60m", device=args.device),
+        "ProjFactor": projfactor.run,
+        "zeroth-order": zeroth_order.run,
+        "Triton kernels": lambda: kernels.run(args.device),
+    }
+
+
+def machine(device: str) -> dict:
+    info = dict(machine=platform.node(), processor=platform.processor() or platform.machine(),
+                cpus=torch.get_num_threads(), device=device, date=str(datetime.date.today()),
+                torch=torch.__version__, lorenza=lorenza.__version__)
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def write_report(out: pathlib.Path, info: dict) -> list:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{info.get('gpu', info['machine']).replace(' ', '-')}-{info['date']}"
+    tables = [dict(title=title, headers=headers, rows=rows) for title, headers, rows in TABLES]
+    stem.with_suffix(".json").write_text(json.dumps(dict(machine=info, tables=tables), indent=1, default=str))
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([f"{key}={value}" for key, value in info.items()])
+        for table in tables:
+            writer.writerow([])
+            writer.writerow([table["title"]])
+            writer.writerow(table["headers"])
+            writer.writerows(table["rows"])
+    written = [stem.with_suffix(".json"), stem.with_suffix(".csv")]
+    if plots.plot(TABLES, stem.with_suffix(".png"), f"{info.get('gpu', info['processor'])}, {info['date']}"):
+        written.append(stem.with_suffix(".png"))
+    return written
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the Triton kernels are timed (they need cuda)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions (about a minute)")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the optimizer steps and the Triton kernels run (the kernels need cuda)")
+    parser.add_argument("--model", choices=list(optim_step.LLAMA), help="LLaMA shapes of the optimizer step")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench/results"))
     args = parser.parse_args(argv)
-    print(f"lorenza {lorenza.__version__}, torch {torch.__version__}, {platform.node()} "
-          f"({platform.processor() or platform.machine()}), {datetime.date.today()}")
-    if args.quick:
-        rsvd.run(shapes=((256, 688),), rank=32, reps=2)
-        optim_step.run(model="60m", rank=32, gap=3)
-        projfactor.run(quick=True)
-        zeroth_order.run(model="quick", reps=2)
-        kernels.run(args.device, shapes=kernels.QUICK_SHAPES, rank=32)
-    else:
-        rsvd.run()
-        optim_step.run()
-        projfactor.run()
-        zeroth_order.run()
-        kernels.run(args.device)
+    info = machine(args.device)
+    print(f"lorenza {info['lorenza']}, torch {info['torch']}, triton {info['triton']}, {info['machine']} "
+          f"({info.get('gpu', info['processor'])}), {info['date']}")
+    TABLES.clear()
+    todo = sections(args)
+    try:
+        from tqdm.auto import tqdm
+        progress = tqdm(total=len(todo), unit="benchmark", disable=None)  # off when not a terminal
+    except ImportError:
+        progress = None
+    for name, run in todo.items():
+        if progress is not None:
+            progress.set_description(name)
+        run()
+        if progress is not None:
+            progress.update()
+    if progress is not None:
+        progress.close()
+    for path in write_report(args.out, info):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

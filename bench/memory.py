@@ -8,6 +8,8 @@ kernels count too. Free memory that the C allocator still holds is handed back f
 import ctypes
 import ctypes.util
 
+import torch
+
 
 def _proc_status(field: str):
     try:
@@ -28,8 +30,16 @@ def release_free_memory() -> None:
         pass  # not glibc: a peak may then miss a reused cached block
 
 
-def peak_bytes_during(fn):
-    """Peak resident bytes above the level before ``fn()``; None where Linux's counters are missing."""
+def peak_bytes_during(fn, device="cpu"):
+    """Peak bytes above the level before ``fn()``: CUDA's allocator counters for ``device="cuda"``,
+    else the resident size (None where Linux's counters are missing)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
     release_free_memory()
     try:
         with open("/proc/self/clear_refs", "w") as refs:

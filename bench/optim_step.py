@@ -6,10 +6,12 @@ import torch
 
 import lorenza
 
+from .memory import peak_bytes_during
 from .timing import median_seconds, print_table
 
 # (hidden, intermediate, layers, vocab) of the LLaMA configs used by the GaLore paper
-LLAMA = {"60m": (512, 1376, 8, 32000), "130m": (768, 2048, 12, 32000), "350m": (1024, 2736, 24, 32000)}
+LLAMA = {"60m": (512, 1376, 8, 32000), "130m": (768, 2048, 12, 32000), "350m": (1024, 2736, 24, 32000),
+         "1b": (2048, 5461, 24, 32000)}
 
 
 def llama_shapes(name: str):
@@ -22,12 +24,12 @@ def llama_shapes(name: str):
     return shapes + [((d,), False), ((vocab, d), False)]
 
 
-def make_params(shapes, seed=0):
-    gen = torch.Generator().manual_seed(seed)
+def make_params(shapes, seed=0, device="cpu"):
+    gen = torch.Generator(device=device).manual_seed(seed)
     params = []
     for shape, _ in shapes:
-        p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.02)
-        p.grad = torch.randn(shape, generator=gen) * 1e-3
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen, device=device) * 0.02)
+        p.grad = torch.randn(shape, generator=gen, device=device) * 1e-3
         params.append(p)
     return params
 
@@ -50,7 +52,7 @@ def state_bytes(opt) -> int:
 
 
 def measure(make, gap):
-    """(worst, median) time of steps 1..gap and the state bytes.
+    """(worst, median) time of steps 1..gap, the state bytes and the peak extra bytes of one more step.
 
     Step 0 (state allocation and the first bases) is left out; step ``gap`` refreshes every
     basis at once, so the worst step is the refresh step, unless refreshes are staggered.
@@ -58,7 +60,8 @@ def measure(make, gap):
     opt = make()
     opt.step()
     times = [median_seconds(opt.step, reps=1, warmup=0) for _ in range(gap)]
-    return max(times), statistics.median(times), state_bytes(opt)
+    device = opt.param_groups[0]["params"][0].device
+    return max(times), statistics.median(times), state_bytes(opt), peak_bytes_during(opt.step, device)
 
 
 def measure_all(params, candidates: dict, gap: int) -> dict:
@@ -73,9 +76,9 @@ def measure_all(params, candidates: dict, gap: int) -> dict:
     return results
 
 
-def run(model="60m", rank=128, gap=8):
+def run(model="60m", rank=128, gap=8, device="cpu"):
     shapes = llama_shapes(model)
-    params = make_params(shapes)
+    params = make_params(shapes, device=device)
     candidates = {
         "torch AdamW (foreach)": lambda: torch.optim.AdamW(params, lr=1e-3, foreach=True),
         "torch AdamW (fused)": lambda: torch.optim.AdamW(params, lr=1e-3, fused=True),
@@ -96,13 +99,15 @@ def run(model="60m", rank=128, gap=8):
     results = measure_all(params, candidates, gap)
     base = results.get("galore_torch GaLoreAdamW")
     rows = []
-    for name, (worst, median, nbytes) in results.items():
+    for name, (worst, median, nbytes, peak) in results.items():
         ratios = [base[0] / worst, base[1] / median, nbytes / base[2]] if base else ["-"] * 3
-        rows.append([name, worst * 1e3, median * 1e3, nbytes / 2**20, *ratios])
+        peak_ratio = peak / base[3] if base and peak and base[3] else "-"
+        rows.append([name, worst * 1e3, median * 1e3, nbytes / 2**20, *ratios,
+                     peak / 2**20 if peak is not None else "-", peak_ratio])
     n_params = sum(p.numel() for p in params)
-    print_table(f"optimizer step, LLaMA-{model} shapes ({n_params / 1e6:.1f}M params), rank {rank}, fp32, "
-                f"{torch.get_num_threads()} threads, every basis refreshed every {gap} steps; ratios against "
-                f"GaLoreAdamW",
+    print_table(f"optimizer step, LLaMA-{model} shapes ({n_params / 1e6:.1f}M params), rank {rank}, fp32, on "
+                f"{params[0].device.type} ({torch.get_num_threads()} threads), every basis refreshed every "
+                f"{gap} steps; ratios against GaLoreAdamW",
                 ["optimizer", "worst (refresh) step ms", "median step ms", "state MiB", "worst x",
-                 "median x", "state / GaLore"], rows)
+                 "median x", "state / GaLore", "step peak extra MiB", "peak / GaLore"], rows)
     return results

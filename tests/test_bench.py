@@ -26,7 +26,7 @@ def test_zeroth_order_benchmark_reports_time_memory_and_state(capsys):
 def test_projfactor_benchmark_reports_state_time_and_the_per_layer_saving(capsys):
     results = projfactor.run_state_and_time(model="60m", splits=((1, 16), (4, 4)), gap=2)
     assert "state / AdamW" in capsys.readouterr().out
-    states = {name: nbytes for name, (_, _, nbytes) in results.items()}
+    states = {name: nbytes for name, (_, _, nbytes, _) in results.items()}
     assert states["ProjFactor c=1 r=16"] == states["ProjFactor c=4 r=4"] < states["torch AdamW (fused)"] / 2
     memory = projfactor.run_per_layer_memory(model="quick", rank=16, reps=1)
     assert "saved MiB" in capsys.readouterr().out
@@ -45,3 +45,27 @@ def test_kernel_benchmark_reports_every_kernel_against_its_baseline(capsys):
     for ours, baseline, floor in results.values():
         assert ours > 0 and baseline > 0 and floor > 0
     assert "skipped on cpu" in (kernels.run(device="cpu") or capsys.readouterr().out)
+
+
+def test_python_m_bench_quick_writes_the_report(tmp_path, capsys):
+    import json
+
+    from bench.__main__ import main
+    main(["--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    written = sorted(p.suffix for p in tmp_path.iterdir())
+    assert written == [".csv", ".json", ".png"], written
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert {"machine", "torch", "triton", "date", "device"} <= set(report["machine"])
+    titles = [t["title"] for t in report["tables"]]
+    for prefix in ("rsvd", "optimizer step", "ProjFactor step", "zeroth-order step"):
+        assert any(title.startswith(prefix) for title in titles), titles
+    step = next(t for t in report["tables"] if t["title"].startswith("optimizer step"))
+    assert {"median step ms", "state MiB", "step peak extra MiB", "state / GaLore"} <= set(step["headers"])
+    names = [row[0] for row in step["rows"]]
+    assert "torch AdamW (foreach)" in names and "galore_torch GaLoreAdamW" in names
+    for table in report["tables"]:
+        for row in table["rows"]:
+            numbers = [v for v in row if isinstance(v, (int, float))]
+            assert numbers and all(math.isfinite(v) for v in numbers), (table["title"], row)
+    assert "wrote" in out and "LowRankAdamW" in next(tmp_path.glob("*.csv")).read_text()

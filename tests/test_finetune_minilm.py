@@ -45,11 +45,27 @@ def test_zeroth_order_fine_tuning_lowers_the_loss(task, name):
     assert all((p == b).all() for p, b in zip(base.parameters(), before))  # the shared base is untouched
 
 
+@pytest.mark.parametrize("name", ["AdamW", "LowRankAdamW", "Lorenza"])
+def test_first_order_fine_tuning_lowers_the_loss_with_its_memory_counted(task, name):
+    base, train, held_out = task
+    args = finetune_minilm.parser().parse_args(["--steps", "20", "--batch", "24", "--no-lr-decay",
+                                                "--rank", "8"])
+    result = finetune_minilm.finetune(name, base, train, held_out, args)
+    assert result["train_loss"] < LOSS_BOUND and result["train_acc"] > 0.6, result
+    layer_and_head = result["trainable"] * 4  # bytes of the trainable weights (fp32)
+    if name == "AdamW":  # gradients plus two moments
+        assert result["added_bytes"] == 3 * layer_and_head
+    else:  # gradients plus rank-8 moments and bases of the layer's matrices: far less
+        assert layer_and_head < result["added_bytes"] < 1.5 * layer_and_head
+
+
 def test_the_example_runs_end_to_end(capsys):
     results = finetune_minilm.main(["--steps", "2", "--per-class", "4", "--held-out-per-class", "4",
                                     "--batch", "4"])
     out = capsys.readouterr().out
     assert "stdlib docstrings vs code" in out
-    for name in ("MeZO", "LOZO", "LOZO-M", "AdaZeta"):
+    for name in ("AdamW", "LowRankAdamW", "Lorenza", "MeZO", "LOZO", "LOZO-M", "AdaZeta"):
         assert name in out and math.isfinite(results[name]["train_loss"]) and results[name]["ms"] > 0
+    assert results["MeZO"]["added_bytes"] == results["LOZO"]["added_bytes"] == 0  # nothing stored
+    assert results["LowRankAdamW"]["added_bytes"] < results["AdamW"]["added_bytes"] / 2
     assert results["AdaZeta"]["trainable"] < results["MeZO"]["trainable"] / 50  # TT adapters are small
