@@ -10,6 +10,10 @@ from lorenza import random
 from lorenza.reference import perturb as reference
 
 pytestmark = requires_triton
+# The interpreter turns Python-float kernel arguments into fp32 constants (a compiled kernel takes
+# them as the fp64 they are annotated as), and the Triton and PyTorch noise differ by fp32 ulps: so
+# on the CPU, fp64 weights are checked to fp32-level accuracy.
+FP64_UNDER_INTERPRETER = 1e-6
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(127, 300), (300, 127)]
 
@@ -104,3 +108,24 @@ def test_reference_subspace_add_equals_the_dense_lift():
     w = torch.randn(40, 30)
     expected = 0.5 * w + projection.lift(0.3 * random.randn((40, 4), 7))
     torch.testing.assert_close(reference.subspace_add_(w, projection, [0.3], [7], scale=0.5), expected)
+
+
+def test_gpu_launch_sizes_and_fp64(monkeypatch):
+    """The GPU's smaller tiles (several K blocks, 1024-element blocks) under the interpreter, and fp64
+    weights."""
+    from lorenza import perturb
+    from lorenza.kernels import launch
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.float64, FP64_UNDER_INTERPRETER)):
+        basis = proj.compute_basis(torch.randn(300, 127, dtype=dtype), 33, "left", "svd", 5).to(DEVICE)
+        projection = proj.Projection(basis, "left", "svd", (300, 127))
+        weight = torch.randn(300, 127, device=DEVICE, dtype=dtype)
+        results = []
+        for choice in ("triton", "torch"):
+            monkeypatch.setenv("LORENZA_BACKEND", choice)
+            w = weight.clone()
+            perturb.subspace_add_(w, projection, [0.3, -0.2], keys(2), scale=0.99)
+            perturb.low_rank_add_(w, 0.1, 0.999, 5, 11, key_u=12)
+            random.add_randn_(w, [0.1, 0.2], keys(2), scale=0.999)
+            results.append(w)
+        assert_matches_reference(*results, rtol=rtol, what=str(dtype))

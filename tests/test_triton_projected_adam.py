@@ -9,6 +9,10 @@ from lorenza import adam
 from lorenza import projector as proj
 
 pytestmark = requires_triton
+# The interpreter turns Python-float kernel arguments into fp32 constants (a compiled kernel takes
+# them as the fp64 they are annotated as), and the Triton and PyTorch noise differ by fp32 ulps: so
+# on the CPU, fp64 weights are checked to fp32-level accuracy.
+FP64_UNDER_INTERPRETER = 1e-6
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HYPER = dict(beta1=0.9, beta2=0.999, eps=1e-6, step_size=1e-2, decay=1e-3)
 
@@ -97,3 +101,29 @@ def test_multi_tensor_adam_is_one_launch_per_dtype(monkeypatch):
     monkeypatch.setenv("LORENZA_BACKEND", "triton")
     adam.adam_(params, [torch.randn_like(p) for p in params], moments, [m.clone() for m in moments], **HYPER)
     assert len(launches) == 2  # fp32 tensors together, the fp16 one apart
+
+
+def test_gpu_launch_sizes_fp64_and_beta2_near_one(monkeypatch):
+    """The GPU's tiles under the interpreter, fp64 weights, and beta2 = 0.9999, whose 1 - beta2 must not
+    be formed from a rounded beta2 (the host passes it)."""
+    from lorenza.kernels import launch
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    hyper = dict(HYPER, beta2=0.9999)
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.float64, FP64_UNDER_INTERPRETER)):
+        shape = (300, 127)
+        grads = [torch.randn(shape, device=DEVICE, dtype=dtype) for _ in range(2)]
+        basis = proj.compute_basis(grads[0].cpu(), 40, "right", "svd", 3).to(DEVICE)
+        projection = proj.Projection(basis, "right", "svd", shape)
+        plain = [torch.randn(1000, device=DEVICE, dtype=dtype)]
+        results = []
+        for choice in ("triton", "torch"):
+            monkeypatch.setenv("LORENZA_BACKEND", choice)
+            W, ps = torch.ones(shape, device=DEVICE, dtype=dtype), [p.clone() for p in plain]
+            M, V = (torch.zeros(projection.subspace_shape(), device=DEVICE, dtype=dtype) for _ in range(2))
+            ms, vs = [torch.zeros_like(plain[0])], [torch.zeros_like(plain[0])]
+            for G in grads:
+                adam.projected_adam_(W, G, M, V, projection, scale=0.25, residual=True, **hyper)
+                adam.adam_(ps, [G.flatten()[:1000]], ms, vs, **hyper)
+            results.append((W, M, V, ps[0]))
+        for k, r in zip(*results):
+            assert_matches_reference(k, r, rtol=rtol, what=str(dtype))

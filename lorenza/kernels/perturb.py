@@ -15,9 +15,10 @@ from .philox import normals_4x
 from .rank_update import MAX_STREAMS, Noise, rank_update_
 
 
-@triton.jit(do_not_specialize=["k0", "k1", "k2", "k3", "scale"])
-def _gaussian_kernel(w_ptr, numel, k0, k1, k2, k3, c0, c1, c2, c3, scale,
+@triton.jit(do_not_specialize=["k0", "k1", "k2", "k3"])
+def _gaussian_kernel(w_ptr, numel, k0, k1, k2, k3, c0, c1, c2, c3, scale: tl.float64,
                      STREAMS: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+    # the noise is summed in fp32 (as the reference's chunks); the weight's arithmetic is COMPUTE
     base = tl.program_id(0).to(tl.int64) * BLOCK
     offs = base + tl.arange(0, BLOCK)
     mask = offs < numel
@@ -29,7 +30,8 @@ def _gaussian_kernel(w_ptr, numel, k0, k1, k2, k3, c0, c1, c2, c3, scale,
     if STREAMS > 3:
         noise += c3 * normals_4x(k3, base // 4, BLOCK // 4)
     w = tl.load(w_ptr + offs, mask=mask).to(COMPUTE)
-    tl.store(w_ptr + offs, round_to(w * scale + noise.to(COMPUTE), w_ptr.dtype.element_ty), mask=mask)
+    w = w * tl.cast(scale, COMPUTE) + noise.to(COMPUTE)
+    tl.store(w_ptr + offs, round_to(w, w_ptr.dtype.element_ty), mask=mask)
 
 
 def gaussian_add_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0) -> torch.Tensor:

@@ -32,7 +32,7 @@ def normal_at(key, index):
     return tl.where(lane % 2 == 0, cosine, sine)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["key", "start"])
 def _fill_kernel(out_ptr, numel, key, start, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
     base = tl.program_id(0).to(tl.int64) * BLOCK
     offs = base + tl.arange(0, BLOCK)

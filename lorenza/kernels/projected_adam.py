@@ -23,19 +23,26 @@ from .rank_update import rank_update_
 
 
 @triton.jit
-def _adam_moments(r, m, v, beta1, beta2, eps):
-    m = beta1 * m + (1.0 - beta1) * r
-    v = beta2 * v + (1.0 - beta2) * r * r
-    return m, v, m / (tl.sqrt(v) + eps)
+def _adam_moments(r, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, COMPUTE: tl.constexpr):
+    """The moments and ``N = M / (sqrt(V) + eps)``; the scalars arrive as doubles (host-computed
+    ``1 - beta``) and are rounded once, and fp32 takes the IEEE-rounded sqrt and division, as PyTorch."""
+    m = tl.cast(beta1, COMPUTE) * m + tl.cast(one_minus_beta1, COMPUTE) * r
+    v = tl.cast(beta2, COMPUTE) * v + tl.cast(one_minus_beta2, COMPUTE) * r * r
+    if COMPUTE == tl.float32:
+        n = tl.div_rn(m, tl.sqrt_rn(v) + tl.cast(eps, COMPUTE))
+    else:
+        n = m / (tl.sqrt(v) + tl.cast(eps, COMPUTE))
+    return m, v, n
 
 
-@triton.jit(do_not_specialize=["beta1", "beta2", "eps"])
+@triton.jit
 def _project_adam_kernel(a_ptr, sa0, sa1, b_ptr, sb0, sb1, m_ptr, v_ptr, n_ptr, r_ptr, n_rows, n_cols, K,
-                         beta1, beta2, eps, STORE_R: tl.constexpr, COMPUTE: tl.constexpr,
-                         PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+                         beta1: tl.float64, one_minus_beta1: tl.float64, beta2: tl.float64,
+                         one_minus_beta2: tl.float64, eps: tl.float64, STORE_R: tl.constexpr,
+                         COMPUTE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok, col_ok = rows < n_rows, cols < n_cols
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=COMPUTE)
     for k_start in range(0, K, BLOCK_K):
@@ -49,7 +56,7 @@ def _project_adam_kernel(a_ptr, sa0, sa1, b_ptr, sb0, sb1, m_ptr, v_ptr, n_ptr, 
     mask = row_ok[:, None] & col_ok[None, :]
     offs = rows[:, None] * n_cols + cols[None, :]  # moments, N and R are contiguous
     m, v, n = _adam_moments(acc, tl.load(m_ptr + offs, mask=mask), tl.load(v_ptr + offs, mask=mask),
-                            beta1, beta2, eps)
+                            beta1, one_minus_beta1, beta2, one_minus_beta2, eps, COMPUTE)
     tl.store(m_ptr + offs, m, mask=mask)
     tl.store(v_ptr + offs, v, mask=mask)
     tl.store(n_ptr + offs, n, mask=mask)
@@ -57,8 +64,15 @@ def _project_adam_kernel(a_ptr, sa0, sa1, b_ptr, sb0, sb1, m_ptr, v_ptr, n_ptr, 
         tl.store(r_ptr + offs, acc, mask=mask)
 
 
+def _betas(beta1, beta2) -> tuple:
+    """``beta1, 1 - beta1, beta2, 1 - beta2`` in double precision (the kernels round them once)."""
+    return float(beta1), 1.0 - float(beta1), float(beta2), 1.0 - float(beta2)
+
+
 def _project_adam(G, M, V, projection, beta1, beta2, eps, store_R: bool):
     """``N`` (and ``R`` when asked), with ``M, V`` updated in place."""
+    if not (M.is_contiguous() and V.is_contiguous()):
+        raise ValueError("the projected Adam kernel needs contiguous moments")
     basis = projection.basis
     N = torch.empty_like(M)
     R = torch.empty_like(M) if store_R else N
@@ -71,7 +85,7 @@ def _project_adam(G, M, V, projection, beta1, beta2, eps, store_R: bool):
     compute = launch.compute_dtype(M.dtype)
     _project_adam_kernel[(triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))](
         A, A.stride(0), A.stride(1), B, B.stride(0), B.stride(1), M, V, N, R, rows, cols, A.shape[1],
-        float(beta1), float(beta2), float(eps), STORE_R=store_R, COMPUTE=compute,
+        *_betas(beta1, beta2), float(eps), STORE_R=store_R, COMPUTE=compute,
         PRECISION="ieee" if compute == tl.float64 else launch.dot_precision(),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=launch.inner_block(A.shape[1]))
     return N, (R if store_R else None)
@@ -95,13 +109,14 @@ def projected_adam_(param, grad, M, V, projection, *, scale, residual, beta1, be
                  grad=G if residual else None, grad_coef=grad_coef)
 
 
-@triton.jit(do_not_specialize=["beta1", "beta2", "eps", "step_size", "keep"])
-def _multi_adam_kernel(table_ptr, blocks_ptr, beta1, beta2, eps, step_size, keep,
-                       P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, M_DTYPE: tl.constexpr,
+@triton.jit
+def _multi_adam_kernel(table_ptr, blocks_ptr, beta1: tl.float64, one_minus_beta1: tl.float64,
+                       beta2: tl.float64, one_minus_beta2: tl.float64, eps: tl.float64, step_size: tl.float64,
+                       keep: tl.float64, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, M_DTYPE: tl.constexpr,
                        COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     tensor = tl.load(blocks_ptr + 2 * pid)
-    offs = tl.load(blocks_ptr + 2 * pid + 1) + tl.arange(0, BLOCK)
+    offs = tl.multiple_of(tl.load(blocks_ptr + 2 * pid + 1), BLOCK) + tl.arange(0, BLOCK)
     row = table_ptr + 5 * tensor  # (param, grad, exp_avg, exp_avg_sq) addresses, numel
     p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
     g_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
@@ -110,9 +125,11 @@ def _multi_adam_kernel(table_ptr, blocks_ptr, beta1, beta2, eps, step_size, keep
     mask = offs < tl.load(row + 4)
     g = tl.load(g_ptr + offs, mask=mask).to(COMPUTE)
     m, v, n = _adam_moments(g, tl.load(m_ptr + offs, mask=mask).to(COMPUTE),
-                            tl.load(v_ptr + offs, mask=mask).to(COMPUTE), beta1, beta2, eps)
+                            tl.load(v_ptr + offs, mask=mask).to(COMPUTE), beta1, one_minus_beta1, beta2,
+                            one_minus_beta2, eps, COMPUTE)
     p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
-    tl.store(p_ptr + offs, round_to((p - step_size * n) * keep, P_DTYPE), mask=mask)
+    p = (p - tl.cast(step_size, COMPUTE) * n) * tl.cast(keep, COMPUTE)
+    tl.store(p_ptr + offs, round_to(p, P_DTYPE), mask=mask)
     tl.store(m_ptr + offs, m.to(M_DTYPE), mask=mask)
     tl.store(v_ptr + offs, v.to(M_DTYPE), mask=mask)
 
@@ -150,9 +167,14 @@ def _flat_indexable(p, g, m, v) -> bool:
 def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, decay) -> None:
     """``reference.adam.adam_`` of every tensor, one launch per (device, dtypes); a tensor that is
     not contiguous takes the reference."""
-    groups = defaultdict(list)
-    for p, g, m, v in zip(params, grads, moments1, moments2):
+    members = list(zip(params, grads, moments1, moments2))
+    for p, g, m, v in members:  # every check before the first write
         launch.check_dtype(p, g, m)
+        if m.dtype != v.dtype or not p.device == g.device == m.device == v.device:
+            raise ValueError("adam_: a parameter's gradient and moments must share its device, and its two "
+                             "moments one dtype")
+    groups = defaultdict(list)
+    for p, g, m, v in members:
         if p.numel() == 0:
             continue
         if _flat_indexable(p, g, m, v):
@@ -163,7 +185,7 @@ def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, de
         block = launch.elementwise_block(max(p.numel() for p, *_ in members))
         table, block_map = _TABLES.get(members, block, device)
         _multi_adam_kernel[(block_map.shape[0],)](
-            table, block_map, float(beta1), float(beta2), float(eps), float(step_size), 1.0 - decay,
+            table, block_map, *_betas(beta1, beta2), float(eps), float(step_size), 1.0 - decay,
             P_DTYPE=launch.TL_DTYPES[p_dtype], G_DTYPE=launch.TL_DTYPES[g_dtype],
             M_DTYPE=launch.TL_DTYPES[m_dtype],
             COMPUTE=launch.compute_dtype(p_dtype), BLOCK=block)

@@ -5,7 +5,7 @@ residual term, LOZO's ``U V^T``, Lorenza's ``lift(Z)`` probes).
 ``A`` (``rows x K``) and ``B`` (``K x cols``) are each either a tensor read with its strides, or
 :class:`Noise`, generated in the kernel where it is used: nothing of size ``rows x cols`` is ever
 formed, nor a generated ``rows x K`` factor written to memory. ``K`` (a rank) is summed with
-``tl.dot`` from 16 up, by broadcasting below.
+``tl.dot`` from 16 up, and below 16 as one outer product per rank-one term.
 """
 from dataclasses import dataclass
 
@@ -35,56 +35,74 @@ class Noise:
 
 
 @triton.jit
-def _noise_tile(rows, cols, s0, s1, mask, k0, k1, k2, k3, c0, c1, c2, c3, STREAMS: tl.constexpr):
-    index = rows.to(tl.int64)[:, None] * s0 + cols.to(tl.int64)[None, :] * s1
-    tile = c0 * normal_at(k0, index)
+def _noise(rows, cols, s0, s1, mask, k0, k1, k2, k3, c0, c1, c2, c3, STREAMS: tl.constexpr,
+           COMPUTE: tl.constexpr):
+    """``sum_j c_j z_j`` at stream indices ``rows * s0 + cols * s1`` (``rows``, ``cols`` broadcast),
+    0 where ``mask`` is off; each normal is widened to COMPUTE before it is scaled."""
+    index = rows.to(tl.int64) * s0 + cols.to(tl.int64) * s1
+    tile = c0 * normal_at(k0, index).to(COMPUTE)
     if STREAMS > 1:
-        tile += c1 * normal_at(k1, index)
+        tile += c1 * normal_at(k1, index).to(COMPUTE)
     if STREAMS > 2:
-        tile += c2 * normal_at(k2, index)
+        tile += c2 * normal_at(k2, index).to(COMPUTE)
     if STREAMS > 3:
-        tile += c3 * normal_at(k3, index)
+        tile += c3 * normal_at(k3, index).to(COMPUTE)
     return tl.where(mask, tile, 0.0)
 
 
-@triton.jit(do_not_specialize=["a_k0", "a_k1", "a_k2", "a_k3", "b_k0", "scale", "alpha", "grad_coef"])
+@triton.jit
+def _operand(ptr, rows, cols, s0, s1, mask, k0, k1, k2, k3, c0, c1, c2, c3, STREAMS: tl.constexpr,
+             COMPUTE: tl.constexpr):
+    """A block of a factor (``rows``, ``cols`` broadcast): noise of STREAMS streams, or loaded."""
+    if STREAMS > 0:
+        return _noise(rows, cols, s0, s1, mask, k0, k1, k2, k3, c0, c1, c2, c3, STREAMS, COMPUTE)
+    else:
+        offsets = rows.to(tl.int64) * s0 + cols.to(tl.int64) * s1
+        return tl.load(ptr + offsets, mask=mask, other=0.0).to(COMPUTE)
+
+
+@triton.jit(do_not_specialize=["a_k0", "a_k1", "a_k2", "a_k3", "b_k0"])
 def _rank_update_kernel(w_ptr, n_rows, n_cols, sw0, sw1, K,
-                        a_ptr, sa0, sa1, a_k0, a_k1, a_k2, a_k3, a_c0, a_c1, a_c2, a_c3,
+                        a_ptr, sa0, sa1, a_k0, a_k1, a_k2, a_k3,
+                        a_c0: tl.float64, a_c1: tl.float64, a_c2: tl.float64, a_c3: tl.float64,
                         b_ptr, sb0, sb1, b_k0,
-                        g_ptr, sg0, sg1, scale, alpha, grad_coef,
-                        A_STREAMS: tl.constexpr, B_NOISE: tl.constexpr, HAS_GRAD: tl.constexpr,
+                        g_ptr, sg0, sg1, scale: tl.float64, alpha: tl.float64, grad_coef: tl.float64,
+                        A_STREAMS: tl.constexpr, B_STREAMS: tl.constexpr, HAS_GRAD: tl.constexpr,
                         COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # scalars arrive as doubles and are rounded once to the arithmetic's precision, as in PyTorch
+    c0, c1 = tl.cast(a_c0, COMPUTE), tl.cast(a_c1, COMPUTE)
+    c2, c3 = tl.cast(a_c2, COMPUTE), tl.cast(a_c3, COMPUTE)
+    one = tl.cast(1.0, COMPUTE)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok, col_ok = rows < n_rows, cols < n_cols
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=COMPUTE)
-    for k_start in range(0, K, BLOCK_K):
-        ks = k_start + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        a_mask = row_ok[:, None] & k_ok[None, :]
-        if A_STREAMS > 0:  # A is noise (A_STREAMS streams); sa0, sa1 are stream-index strides
-            a = _noise_tile(rows, ks, sa0, sa1, a_mask, a_k0, a_k1, a_k2, a_k3, a_c0, a_c1, a_c2, a_c3,
-                            A_STREAMS).to(COMPUTE)
-        else:
-            a = tl.load(a_ptr + rows[:, None] * sa0 + ks[None, :] * sa1, mask=a_mask, other=0.0).to(COMPUTE)
-        b_mask = k_ok[:, None] & col_ok[None, :]
-        if B_NOISE:
-            b = _noise_tile(ks, cols, sb0, sb1, b_mask, b_k0, b_k0, b_k0, b_k0, 1.0, 0.0, 0.0, 0.0,
-                            1).to(COMPUTE)
-        else:
-            b = tl.load(b_ptr + ks[:, None] * sb0 + cols[None, :] * sb1, mask=b_mask, other=0.0).to(COMPUTE)
-        if BLOCK_K >= 16:
+    if BLOCK_K >= 16:
+        for k_start in range(0, K, BLOCK_K):
+            ks = k_start + tl.arange(0, BLOCK_K)
+            k_ok = ks < K
+            a = _operand(a_ptr, rows[:, None], ks[None, :], sa0, sa1, row_ok[:, None] & k_ok[None, :],
+                         a_k0, a_k1, a_k2, a_k3, c0, c1, c2, c3, A_STREAMS, COMPUTE)
+            b = _operand(b_ptr, ks[:, None], cols[None, :], sb0, sb1, k_ok[:, None] & col_ok[None, :],
+                         b_k0, b_k0, b_k0, b_k0, one, one, one, one, B_STREAMS, COMPUTE)
             acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=COMPUTE)
-        else:  # a rank below 16: no padding of the generated factors
-            acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:  # a rank below 16: one outer product per rank-one term, no padding, few registers
+        for k in tl.static_range(BLOCK_K):
+            k = tl.zeros((1,), tl.int64) + k  # an index block, broadcast against rows and cols
+            k_ok = k < K
+            a = _operand(a_ptr, rows, k, sa0, sa1, row_ok & k_ok, a_k0, a_k1, a_k2, a_k3, c0, c1, c2, c3,
+                         A_STREAMS, COMPUTE)
+            b = _operand(b_ptr, k, cols, sb0, sb1, col_ok & k_ok, b_k0, b_k0, b_k0, b_k0, one, one, one, one,
+                         B_STREAMS, COMPUTE)
+            acc += a[:, None] * b[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
     w_ptrs = w_ptr + rows[:, None] * sw0 + cols[None, :] * sw1
     w = tl.load(w_ptrs, mask=mask).to(COMPUTE)
-    w = w * scale + acc * alpha
+    w = w * tl.cast(scale, COMPUTE) + acc * tl.cast(alpha, COMPUTE)
     if HAS_GRAD:
         g = tl.load(g_ptr + rows[:, None] * sg0 + cols[None, :] * sg1, mask=mask).to(COMPUTE)
-        w += g * grad_coef
+        w += g * tl.cast(grad_coef, COMPUTE)
     tl.store(w_ptrs, round_to(w, w_ptr.dtype.element_ty), mask=mask)
 
 
@@ -124,7 +142,7 @@ def rank_update_(W: torch.Tensor, A, B, *, alpha: float = 1.0, scale: float = 1.
         W if a_noise else A, *(A.strides if a_noise else A.stride()), *a_keys, *a_coeffs,
         W if b_noise else B, *(B.strides if b_noise else B.stride()), b_key,
         g, g.stride(0), g.stride(1), float(scale), float(alpha), float(grad_coef),
-        A_STREAMS=len(A.keys) if a_noise else 0, B_NOISE=b_noise, HAS_GRAD=grad is not None,
+        A_STREAMS=len(A.keys) if a_noise else 0, B_STREAMS=int(b_noise), HAS_GRAD=grad is not None,
         COMPUTE=compute, PRECISION="ieee" if compute == tl.float64 else launch.dot_precision(),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return W
