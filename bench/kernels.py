@@ -12,6 +12,7 @@ import torch
 from lorenza import adam, perturb, random
 from lorenza import projector as proj
 
+from .optim_step import copy_bandwidth
 from .timing import median_seconds, print_table
 
 SHAPES = ((4096, 4096), (4096, 11008))
@@ -23,13 +24,6 @@ def timer(device):
         import triton.testing
         return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
     return lambda fn: median_seconds(fn, reps=2, warmup=1)
-
-
-def copy_bandwidth(device, time_of) -> float:
-    """Bytes per second of a large device-to-device copy (read + write counted)."""
-    src = torch.randn(1 << (26 if device.type == "cuda" else 20), device=device)
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / time_of(lambda: dst.copy_(src))
 
 
 def galore_step(W, G, rank):
@@ -97,7 +91,7 @@ def run(device="cuda", shapes=SHAPES, rank=128, allow_interpreter=False):
     os.environ["LORENZA_BACKEND"] = "triton"
     try:
         time_of = timer(device)
-        bandwidth = copy_bandwidth(device, time_of)
+        bandwidth = copy_bandwidth(device)
         rows, results = [], {}
         for shape in shapes:
             gen = torch.Generator(device=device).manual_seed(0)

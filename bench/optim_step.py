@@ -1,4 +1,5 @@
 """LowRankAdamW.step against galore_torch.GaLoreAdamW.step and torch.optim.AdamW on a LLaMA-shaped stack."""
+import math
 import statistics
 import warnings
 
@@ -51,6 +52,19 @@ def state_bytes(opt) -> int:
     return total
 
 
+def floor_bytes(shapes, low_rank: bool) -> int:
+    """PERF.md's least traffic of one fp32 step: 28 B per Adam-updated element (read p, g, m, v;
+    write p, m, v), 12 B per projected one (read g; read and write p), the r-sized terms left out."""
+    return sum((12 if low_rank and projected else 28) * math.prod(shape) for shape, projected in shapes)
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes per second of a 256 MiB copy on ``device`` (read + write counted)."""
+    src = torch.randn(1 << 25, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / median_seconds(lambda: dst.copy_(src), reps=3)
+
+
 def measure(make, gap):
     """(worst, median) time of steps 1..gap, the state bytes and the peak extra bytes of one more step.
 
@@ -98,16 +112,20 @@ def run(model="60m", rank=128, gap=8, device="cpu"):
         print("galore_torch is not installed: its row is missing")
     results = measure_all(params, candidates, gap)
     base = results.get("galore_torch GaLoreAdamW")
+    copy_rate = copy_bandwidth(params[0].device)
     rows = []
     for name, (worst, median, nbytes, peak) in results.items():
         ratios = [base[0] / worst, base[1] / median, nbytes / base[2]] if base else ["-"] * 3
         peak_ratio = peak / base[3] if base and peak and base[3] else "-"
-        rows.append([name, worst * 1e3, median * 1e3, nbytes / 2**20, *ratios,
+        floor = floor_bytes(shapes, low_rank=not name.startswith("torch"))
+        rows.append([name, worst * 1e3, median * 1e3, floor / median / 1e9,
+                     100 * floor / median / copy_rate, nbytes / 2**20, *ratios,
                      peak / 2**20 if peak is not None else "-", peak_ratio])
     n_params = sum(p.numel() for p in params)
     print_table(f"optimizer step, LLaMA-{model} shapes ({n_params / 1e6:.1f}M params), rank {rank}, fp32, on "
                 f"{params[0].device.type} ({torch.get_num_threads()} threads), every basis refreshed every "
                 f"{gap} steps; ratios against GaLoreAdamW",
-                ["optimizer", "worst (refresh) step ms", "median step ms", "state MiB", "worst x",
-                 "median x", "state / GaLore", "step peak extra MiB", "peak / GaLore"], rows)
+                ["optimizer", "worst (refresh) step ms", "median step ms", "GB/s (floor bytes)",
+                 "% of copy", "state MiB", "worst x", "median x", "state / GaLore", "step peak extra MiB",
+                 "peak / GaLore"], rows)
     return results

@@ -61,7 +61,8 @@ def test_python_m_bench_quick_writes_the_report(tmp_path, capsys):
     for prefix in ("rsvd", "optimizer step", "ProjFactor step", "zeroth-order step"):
         assert any(title.startswith(prefix) for title in titles), titles
     step = next(t for t in report["tables"] if t["title"].startswith("optimizer step"))
-    assert {"median step ms", "state MiB", "step peak extra MiB", "state / GaLore"} <= set(step["headers"])
+    assert {"median step ms", "GB/s (floor bytes)", "% of copy", "state MiB", "step peak extra MiB",
+            "state / GaLore"} <= set(step["headers"])
     names = [row[0] for row in step["rows"]]
     assert "torch AdamW (foreach)" in names and "galore_torch GaLoreAdamW" in names
     for table in report["tables"]:
