@@ -9,7 +9,8 @@ log="bench/results/${gpu}-$(date +%F).txt"
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
   python -m pip install -q --no-build-isolation -e . 2>&1 | tail -2
   python -m pytest -q -p no:cacheprovider tests/test_triton_noise.py tests/test_triton_perturb.py \
-    tests/test_triton_projected_adam.py tests/test_triton_optimizers.py 2>&1 | tail -5
+    tests/test_triton_projected_adam.py tests/test_triton_optimizers.py tests/test_rsvd_cuda.py 2>&1 | tail -5
+  python -c "from bench import rsvd; rsvd.run(shapes=((4096, 4096), (4096, 11008)), rank=128)"
   python -c "from bench import kernels; kernels.run('cuda')"
 } 2>&1 | tee "$log"
 [ -n "${OUT:-}" ] && cp "$log" "$OUT/"

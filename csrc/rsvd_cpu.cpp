@@ -21,6 +21,8 @@
 #include <utility>
 #include <vector>
 
+#include "rsvd_args.h"
+
 namespace lorenza {
 
 void philox_fill_cpu(float* dst, int64_t n, uint64_t key, uint64_t start);  // noise_cpu.cpp
@@ -30,10 +32,6 @@ namespace {
 // Largest ||Q1^T Q1 - I||_F accepted after the first CholeskyQR pass. Below it cond(Q1)^2 <= 3 and
 // the second pass restores orthonormality to working precision (Yamamoto et al., 2015).
 constexpr double kMaxFirstPassError = 0.5;
-
-double unit_roundoff(at::ScalarType dtype) {
-  return dtype == at::kDouble ? 1.1102230246251565e-16 : 5.9604644775390625e-08;
-}
 
 // Per-matrix flags of a (...)-shaped bool tensor, flattened (one entry for a 2-D problem).
 std::vector<bool> flags(const at::Tensor& t) {
@@ -164,28 +162,18 @@ QR orth(const at::Tensor& Y, bool want_r = false) {
 
 }  // namespace
 
-// lorenza::rsvd(Tensor A, int rank, int oversample, int power_iters, int key)
+// lorenza::rsvd(Tensor A, int rank, int oversample, int power_iters, int key, bool allow_tf32)
 //     -> (Tensor U, Tensor S, Tensor Vh)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rsvd_cpu(const at::Tensor& A_in, int64_t rank,
                                                         int64_t oversample, int64_t power_iters,
-                                                        int64_t key) {
-  TORCH_CHECK(A_in.dim() == 2 || A_in.dim() == 3,
-              "lorenza::rsvd: A must be 2-D (m, n) or 3-D (b, m, n), got ", A_in.dim(),
-              "-D tensor of shape ", A_in.sizes());
-  TORCH_CHECK(at::isFloatingType(A_in.scalar_type()),
-              "lorenza::rsvd: A must be a floating-point tensor, got ", A_in.scalar_type());
+                                                        int64_t key, bool /*allow_tf32: no TF32 on a CPU*/) {
+  check_rsvd_args(A_in, rank, oversample, power_iters);
   TORCH_CHECK(A_in.device().is_cpu(), "lorenza::rsvd: this kernel takes CPU tensors, got ",
               A_in.device());
   const int64_t m = A_in.size(-2);
   const int64_t n = A_in.size(-1);
-  const int64_t min_mn = std::min(m, n);
-  TORCH_CHECK(rank >= 1 && rank <= min_mn, "lorenza::rsvd: rank must be in [1, min(m, n)] = [1, ",
-              min_mn, "] for A of shape ", A_in.sizes(), ", got ", rank);
-  TORCH_CHECK(oversample >= 0, "lorenza::rsvd: oversample must be >= 0, got ", oversample);
-  TORCH_CHECK(power_iters >= 0, "lorenza::rsvd: power_iters must be >= 0, got ", power_iters);
-
   const at::ScalarType dtype = A_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t k = std::min(rank + std::min(oversample, min_mn), min_mn);
+  const int64_t k = sketch_width(rank, oversample, m, n);
   const bool batched = A_in.dim() == 3;
   const int64_t batch = batched ? A_in.size(0) : 1;
 

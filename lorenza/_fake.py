@@ -5,7 +5,7 @@ from .reference.rsvd import compute_dtype
 
 
 @torch.library.register_fake("lorenza::rsvd")
-def _rsvd_fake(A, rank, oversample, power_iters, key):
+def _rsvd_fake(A, rank, oversample, power_iters, key, allow_tf32=False):
     dtype = compute_dtype(A.dtype)
     *batch, m, n = A.shape
     return (

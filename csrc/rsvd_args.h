@@ -1,0 +1,34 @@
+// What every lorenza::rsvd kernel checks and shares: argument validation, the sketch width and
+// the unit roundoff of the computation dtype.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace lorenza {
+
+inline void check_rsvd_args(const at::Tensor& A, int64_t rank, int64_t oversample, int64_t power_iters) {
+  TORCH_CHECK(A.dim() == 2 || A.dim() == 3, "lorenza::rsvd: A must be 2-D (m, n) or 3-D (b, m, n), got ",
+              A.dim(), "-D tensor of shape ", A.sizes());
+  TORCH_CHECK(at::isFloatingType(A.scalar_type()), "lorenza::rsvd: A must be a floating-point tensor, got ",
+              A.scalar_type());
+  const int64_t min_mn = std::min(A.size(-2), A.size(-1));
+  TORCH_CHECK(rank >= 1 && rank <= min_mn, "lorenza::rsvd: rank must be in [1, min(m, n)] = [1, ", min_mn,
+              "] for A of shape ", A.sizes(), ", got ", rank);
+  TORCH_CHECK(oversample >= 0, "lorenza::rsvd: oversample must be >= 0, got ", oversample);
+  TORCH_CHECK(power_iters >= 0, "lorenza::rsvd: power_iters must be >= 0, got ", power_iters);
+}
+
+// Columns of the Gaussian sketch: rank + oversample, at most min(m, n).
+inline int64_t sketch_width(int64_t rank, int64_t oversample, int64_t m, int64_t n) {
+  const int64_t min_mn = std::min(m, n);
+  return std::min(rank + std::min(oversample, min_mn), min_mn);
+}
+
+inline double unit_roundoff(at::ScalarType dtype) {
+  return dtype == at::kDouble ? 1.1102230246251565e-16 : 5.9604644775390625e-08;
+}
+
+}  // namespace lorenza
