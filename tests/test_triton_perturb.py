@@ -22,16 +22,15 @@ def keys(count, salt=0):
     return [random.stream_key(99, random.Stream.PROBE, salt, j) for j in range(count)]
 
 
-def compare(run, weight, torch_backend_env):
+def compare(run, weight, monkeypatch):
     """``run(w)`` applied by the kernel, by the reference in the weight's dtype and, for a low-precision
-    weight, by the reference in float32 (the truth its error is measured against)."""
-    from lorenza import backend  # noqa: F401  (the environment decides)
+    weight, by the reference in float64 (the truth its error is measured against)."""
     results = {}
     for name, dtype, choice in [("kernel", weight.dtype, "triton"), ("reference", weight.dtype, "torch"),
                                 ("truth", torch.float64, "torch")]:
         if name == "truth" and weight.dtype not in LOW_PRECISION:
             continue
-        torch_backend_env.setenv("LORENZA_BACKEND", choice)
+        monkeypatch.setenv("LORENZA_BACKEND", choice)
         w = weight.clone().to(dtype)
         run(w)
         results[name] = w

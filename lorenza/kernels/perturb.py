@@ -12,7 +12,7 @@ import triton.language as tl
 from . import launch
 from .rounding import round_to
 from .philox import normals_4x
-from .rank_update import MAX_STREAMS, Noise, rank_update_
+from .rank_update import MAX_STREAMS, Noise, padded_streams, rank_update_
 
 
 @triton.jit(do_not_specialize=["k0", "k1", "k2", "k3"])
@@ -42,11 +42,10 @@ def gaussian_add_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0) -> tor
         return tensor.mul_(scale) if scale != 1.0 else tensor
     block = launch.elementwise_block(numel)
     for first in range(0, len(keys), MAX_STREAMS):  # more than 4 streams: one more pass per 4
-        ks, cs = list(keys[first:first + MAX_STREAMS]), [float(c) for c in coeffs[first:first + MAX_STREAMS]]
-        streams = len(ks)
-        ks, cs = ks + [ks[0]] * (MAX_STREAMS - streams), cs + [0.0] * (MAX_STREAMS - streams)
+        ks, cs = padded_streams(keys[first:first + MAX_STREAMS], coeffs[first:first + MAX_STREAMS])
         _gaussian_kernel[(triton.cdiv(numel, block),)](
-            tensor, numel, *ks, *cs, float(scale if first == 0 else 1.0), STREAMS=streams,
+            tensor, numel, *ks, *cs, float(scale if first == 0 else 1.0),
+            STREAMS=min(MAX_STREAMS, len(keys) - first),
             COMPUTE=launch.compute_dtype(tensor.dtype), BLOCK=block)
     return tensor
 

@@ -29,10 +29,6 @@ class Noise:
     shape: tuple
     strides: tuple
 
-    @property
-    def T(self) -> "Noise":
-        return Noise(self.keys, self.coeffs, self.shape[::-1], self.strides[::-1])
-
 
 @triton.jit
 def _noise(rows, cols, s0, s1, mask, k0, k1, k2, k3, c0, c1, c2, c3, STREAMS: tl.constexpr,
@@ -106,8 +102,10 @@ def _rank_update_kernel(w_ptr, n_rows, n_cols, sw0, sw1, K,
     tl.store(w_ptrs, round_to(w, w_ptr.dtype.element_ty), mask=mask)
 
 
-def _stream_args(noise: Noise, limit: int):
-    keys, coeffs = list(noise.keys), [float(c) for c in noise.coeffs]
+def padded_streams(keys, coeffs, limit: int = MAX_STREAMS):
+    """``limit`` keys and float coefficients for a launch's scalar arguments: the unused slots
+    repeat the first key with coefficient 0 (and are skipped by the kernels' STREAMS)."""
+    keys, coeffs = list(keys), [float(c) for c in coeffs]
     if not 1 <= len(keys) <= limit:
         raise ValueError(f"a launch sums 1 to {limit} noise streams, got {len(keys)}")
     pad = limit - len(keys)
@@ -130,8 +128,8 @@ def rank_update_(W: torch.Tensor, A, B, *, alpha: float = 1.0, scale: float = 1.
                          "weight")
     launch.check_dtype(W, *[t for t in (A, B, grad) if isinstance(t, torch.Tensor)])
     a_noise, b_noise = isinstance(A, Noise), isinstance(B, Noise)
-    a_keys, a_coeffs = _stream_args(A, MAX_STREAMS) if a_noise else ([0] * 4, [0.0] * 4)
-    b_key = _stream_args(B, 1)[0][0] if b_noise else 0
+    a_keys, a_coeffs = padded_streams(A.keys, A.coeffs) if a_noise else ([0] * 4, [0.0] * 4)
+    b_key = padded_streams(B.keys, B.coeffs, 1)[0][0] if b_noise else 0
     block_m, block_n = launch.tile(rows, cols)
     block_k = launch.inner_block(K, small_ok=a_noise or b_noise)
     compute = launch.compute_dtype(W.dtype)

@@ -8,6 +8,7 @@ import torch
 
 from .. import backend, perturb, random
 from ..random import Stream, stream_key
+from ..reference import perturb as reference_perturb
 
 
 def probe_keys(group: dict, tensor_id: int, queries: int) -> list:
@@ -44,12 +45,10 @@ class ProbeDirection:
         """``||sum_j coeffs[j] * D_j||^2``."""
         if self.projection is None:
             return random.randn_norm_sq(self.param.numel(), coeffs, self.keys, self.param.device)
-        coeffs, keys = random.nonzero_terms(coeffs, self.keys)
-        if not keys:
+        combined = reference_perturb.subspace_noise(self.projection, *random.nonzero_terms(coeffs, self.keys),
+                                                    self.param.device)
+        if combined is None:
             return torch.zeros((), dtype=torch.float64)
-        shape, dtype = self.projection.subspace_shape(), self.projection.basis.dtype
-        combined = sum(random.randn(shape, k, device=self.param.device, dtype=dtype) * c
-                       for c, k in zip(coeffs, keys))
         return self.projection.lifted_norm_sq(combined).double()
 
 

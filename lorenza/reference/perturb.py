@@ -17,11 +17,18 @@ def subspace_add_(weight, projection, coeffs, keys, scale=1.0):
     into ``weight`` in place."""
     if scale != 1.0:
         weight.mul_(scale)
-    shape, dtype = projection.subspace_shape(), projection.basis.dtype
-    total = None
-    for coeff, key in zip(coeffs, keys):
-        term = random.randn(shape, key, device=weight.device, dtype=dtype).mul_(coeff)
-        total = term if total is None else total.add_(term)
+    total = subspace_noise(projection, coeffs, keys, weight.device)
     if total is not None:
         projection.lift_add_(weight, total, 1.0)
     return weight
+
+
+def subspace_noise(projection, coeffs, keys, device):
+    """``sum_j coeffs[j] Z_j`` shaped like the projected gradient, in the basis' dtype; None when
+    there is no term."""
+    shape, dtype = projection.subspace_shape(), projection.basis.dtype
+    total = None
+    for coeff, key in zip(coeffs, keys):
+        term = random.randn(shape, key, device=device, dtype=dtype).mul_(coeff)
+        total = term if total is None else total.add_(term)
+    return total
