@@ -78,7 +78,17 @@ def test_triton_backend_follows_the_reference(name, monkeypatch):
     for state, ref_state in zip(opt.state.values(), ref_opt.state.values()):
         for key, value in state.items():
             if torch.is_tensor(value) and value.is_floating_point():
-                torch.testing.assert_close(value, ref_state[key], rtol=1e-3, atol=1e-5)
+                reference = ref_state[key]
+                torch.testing.assert_close(value, reference, rtol=1e-3, atol=state_atol(key, reference))
+
+
+def state_atol(key, reference):
+    """LOZO-M's momentum is a sum of c_k U_k, each c = (f+ - f-) / (2 zo_eps) carrying the loss's float32
+    rounding times 1 / (2 zo_eps) = 500 (the two backends' probes differ by roundings): its error
+    follows the buffer's scale, not each element's (measured: 2e-4 of the largest magnitude)."""
+    if key == "momentum_buffer":
+        return 1e-3 * float(reference.abs().max())
+    return 1e-5
 
 
 @pytest.mark.parametrize("name", ["LowRankAdamW", "MeZO", "LOZO"])
