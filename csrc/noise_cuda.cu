@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "ops.h"
 #include "philox.h"
 
 namespace lorenza {

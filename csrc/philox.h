@@ -99,15 +99,5 @@ LORENZA_HD inline Normal4 randn4x(uint64_t key, uint64_t counter) {
   return out;
 }
 
-// Element `index` of the stream `key` (computes a whole 4-lane block; prefer randn4x in loops).
-LORENZA_HD inline float normal_at(uint64_t key, uint64_t index) {
-  const Normal4 r = randn4x(key, index >> 2);
-  const uint32_t lane = static_cast<uint32_t>(index & 3u);
-  // Selects rather than r.v[lane]: a dynamic index would put r in local memory on a GPU.
-  const float low = (lane & 1u) ? r.v[1] : r.v[0];
-  const float high = (lane & 1u) ? r.v[3] : r.v[2];
-  return (lane & 2u) ? high : low;
-}
-
 }  // namespace philox
 }  // namespace lorenza

@@ -1,4 +1,5 @@
-// What every lorenza::rsvd kernel checks and shares: argument validation, the sketch width and
+// What every lorenza::rsvd kernel checks and shares: argument validation, the computation dtype
+// (the package's one precision rule: float32, float64 for float64 input), the sketch width and
 // the unit roundoff of the computation dtype.
 #pragma once
 
@@ -19,6 +20,10 @@ inline void check_rsvd_args(const at::Tensor& A, int64_t rank, int64_t oversampl
               "] for A of shape ", A.sizes(), ", got ", rank);
   TORCH_CHECK(oversample >= 0, "lorenza::rsvd: oversample must be >= 0, got ", oversample);
   TORCH_CHECK(power_iters >= 0, "lorenza::rsvd: power_iters must be >= 0, got ", power_iters);
+}
+
+inline at::ScalarType compute_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 // Columns of the Gaussian sketch: rank + oversample, at most min(m, n).

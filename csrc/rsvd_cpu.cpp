@@ -21,11 +21,10 @@
 #include <utility>
 #include <vector>
 
+#include "ops.h"
 #include "rsvd_args.h"
 
 namespace lorenza {
-
-void philox_fill_cpu(float* dst, int64_t n, uint64_t key, uint64_t start);  // noise_cpu.cpp
 
 namespace {
 
@@ -172,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rsvd_cpu(const at::Tensor& A_in, 
               A_in.device());
   const int64_t m = A_in.size(-2);
   const int64_t n = A_in.size(-1);
-  const at::ScalarType dtype = A_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType dtype = compute_dtype(A_in.scalar_type());
   const int64_t k = sketch_width(rank, oversample, m, n);
   const bool batched = A_in.dim() == 3;
   const int64_t batch = batched ? A_in.size(0) : 1;

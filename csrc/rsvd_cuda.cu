@@ -19,11 +19,10 @@
 #include <tuple>
 #include <vector>
 
+#include "ops.h"
 #include "rsvd_args.h"
 
 namespace lorenza {
-
-void philox_fill_cuda(float* dst, int64_t n, uint64_t key, uint64_t start, cudaStream_t stream);
 
 namespace {
 
@@ -69,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rsvd_cuda(const at::Tensor& A_in,
   const int64_t m = A_in.size(-2);
   const int64_t n = A_in.size(-1);
   const int64_t k = sketch_width(rank, oversample, m, n);
-  const at::ScalarType dtype = A_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::ScalarType dtype = compute_dtype(A_in.scalar_type());
   const at::Tensor A = A_in.to(dtype);
 
   std::vector<int64_t> omega_shape(A.sizes().begin(), A.sizes().end() - 2);
