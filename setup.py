@@ -16,7 +16,8 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-PACKAGES = ["lorenza", "lorenza.optim", "lorenza.reference", "lorenza.kernels", "lorenza.adapters"]
+PACKAGES = ["lorenza", "lorenza.optim", "lorenza.ops", "lorenza.reference", "lorenza.kernels",
+            "lorenza.adapters", "lorenza.testing"]
 
 
 def _env_flag(name: str) -> bool:

@@ -3,7 +3,8 @@
 Runs the rSVD, optimizer-step, ProjFactor, zeroth-order and (on CUDA) Triton-kernel benchmarks,
 each figure beside its baseline measured in the same run; prints the tables, then writes them
 with the machine, versions and date to ``DIR/<machine>-<date>.json`` and ``.csv``, and plots
-(time vs shape, memory per optimizer) to ``.png``.
+(time vs shape, memory per optimizer) to ``.png``. ``DIR`` is ``runs/bench`` (ignored by git)
+unless ``--out`` says otherwise.
 """
 import argparse
 import csv
@@ -11,13 +12,14 @@ import datetime
 import json
 import pathlib
 import platform
+import time
 
 import torch
 
 import lorenza
 
 from . import kernels, optim_step, plots, projfactor, rsvd, zeroth_order
-from .timing import TABLES
+from .helpers import LLAMA, TABLES
 
 
 def sections(args) -> dict:
@@ -79,27 +81,19 @@ def main(argv=None):
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the optimizer steps and the Triton kernels run (the kernels need cuda)")
-    parser.add_argument("--model", choices=list(optim_step.LLAMA), help="LLaMA shapes of the optimizer step")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench/results"))
+    parser.add_argument("--model", choices=list(LLAMA), help="LLaMA shapes of the optimizer step")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/bench"))
     args = parser.parse_args(argv)
     info = machine(args.device)
     print(f"lorenza {info['lorenza']}, torch {info['torch']}, triton {info['triton']}, {info['machine']} "
           f"({info.get('gpu', info['processor'])}), {info['date']}")
     TABLES.clear()
     todo = sections(args)
-    try:
-        from tqdm.auto import tqdm
-        progress = tqdm(total=len(todo), unit="benchmark", disable=None)  # off when not a terminal
-    except ImportError:
-        progress = None
-    for name, run in todo.items():
-        if progress is not None:
-            progress.set_description(name)
+    for number, (name, run) in enumerate(todo.items(), start=1):
+        print(f"\n[{number}/{len(todo)}] {name} ...", flush=True)  # a line per section, in a log too
+        start = time.perf_counter()
         run()
-        if progress is not None:
-            progress.update()
-    if progress is not None:
-        progress.close()
+        print(f"[{number}/{len(todo)}] {name}: {time.perf_counter() - start:.0f} s", flush=True)
     for path in write_report(args.out, info):
         print(f"wrote {path}")
 

@@ -1,5 +1,5 @@
-"""Each Triton kernel against its baseline in the same run (PERF.md): median ms, GB/s of the byte
-floor, % of the measured copy bandwidth, and the speed-up.
+"""Each Triton kernel against its baseline in the same run (docs/performance.md): median ms, GB/s of
+the byte floor, % of the measured copy bandwidth, and the speed-up.
 
 The kernels are timed on CUDA tensors. On the CPU they only run in Triton's interpreter, whose
 timings mean nothing: ``run(device="cpu")`` is there so the tests can check the script end to end.
@@ -9,11 +9,10 @@ import warnings
 
 import torch
 
-from lorenza import adam, perturb, random
+from lorenza import ops
 from lorenza import projector as proj
 
-from .optim_step import copy_bandwidth
-from .timing import median_seconds, print_table
+from .helpers import copy_bandwidth, median_seconds, print_table
 
 SHAPES = ((4096, 4096), (4096, 11008))
 QUICK_SHAPES = ((127, 300),)
@@ -54,23 +53,23 @@ def cases(W, G, rank, device):
     hyper = dict(scale=0.25, residual=False, beta1=0.9, beta2=0.999, eps=1e-6, step_size=1e-3, decay=0.0)
     result = {
         "gaussian perturb fp32 (vs torch.normal + add_)":
-            (lambda: random.add_randn_(W, 1e-3, 7),
+            (lambda: ops.gaussian_add_(W, 1e-3, 7),
              lambda: W.add_(torch.normal(0, 1, size=W.shape, device=device), alpha=1e-3), 2 * nbytes),
         "gaussian perturb bf16 (vs torch.normal + add_)":
-            (lambda: random.add_randn_(W_bf16, 1e-3, 7),
+            (lambda: ops.gaussian_add_(W_bf16, 1e-3, 7),
              lambda: W_bf16.add_(torch.normal(0, 1, size=W.shape, device=device, dtype=torch.bfloat16),
                                  alpha=1e-3), nbytes),
         "LOZO U V^T, r=2 (vs W += eps U V^T)":
-            (lambda: perturb.low_rank_add_(W, 1e-3, 1.0, 2, 8, key_u=9),
+            (lambda: ops.low_rank_add_(W, 1e-3, 1.0, 2, 8, key_u=9),
              lambda: W.add_(U[:, :2] @ Vf[:, :2].T, alpha=1e-3), 2 * nbytes),
         f"Lorenza lift(Z), r={rank} (vs W += lift(Z))":
-            (lambda: perturb.subspace_add_(W, projection, [1e-3], [10]),
+            (lambda: ops.subspace_add_(W, projection, [1e-3], [10]),
              lambda: W.add_(projection.lift(Z), alpha=1e-3), 2 * nbytes),
         f"projected Adam, r={rank} (vs GaLoreAdamW, SVD excluded)":
-            (lambda: adam.projected_adam_(W, G, M, V, projection, **hyper),
+            (lambda: ops.projected_adam_(W, G, M, V, projection, **hyper),
              galore_step(W.clone().requires_grad_(), G, rank), 3 * nbytes),
         f"Adam, multi-tensor (vs torch AdamW {'fused' if device.type == 'cuda' else 'foreach'})":
-            (lambda: adam.adam_([W], [G], [M_full], [V_full], **plain),
+            (lambda: ops.adam_([W], [G], [M_full], [V_full], **plain),
              torch_adam_step(W.clone().requires_grad_(), G, device), 7 * nbytes),
     }
     return result

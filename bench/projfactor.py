@@ -8,10 +8,8 @@ import torch
 
 import lorenza
 
-from .memory import peak_bytes_during, release_free_memory
-from .models import MODELS, Encoder
-from .optim_step import groups, llama_shapes, make_params, measure_all
-from .timing import print_table
+from .helpers import (MODELS, Encoder, groups, llama_shapes, make_params, measure_all, peak_bytes_during,
+                      print_table, release_free_memory)
 
 SPLITS = ((1, 256), (2, 128), (4, 64), (8, 32))  # (granularity c, rank r) with c r = 256
 

@@ -1,5 +1,5 @@
-"""MeZO and LOZO steps against plain transcriptions of the official loops on the same model: step
-time, peak memory during the step (``bench.memory``) and optimizer state.
+"""MeZO and LOZO steps against plain transcriptions of the official loops (``lorenza.testing.official``)
+on the same model: step time, peak memory during the step and optimizer state.
 
 The step's forward passes need memory of their own; the optimizer's share is the step's peak minus
 the peak of a forward pass alone. The target: a step's peak above the model below 1.1x the model's
@@ -14,12 +14,9 @@ import torch
 from torch import nn
 
 import lorenza
+from lorenza.testing import official
 
-from . import official
-from .memory import peak_bytes_during, release_free_memory
-from .models import MODELS, Encoder
-from .optim_step import state_bytes
-from .timing import print_table
+from .helpers import MODELS, Encoder, peak_bytes_during, print_table, release_free_memory
 
 
 def run(model="60m", batch=1, context=32, rank=2, reps=5):
@@ -64,7 +61,7 @@ def run(model="60m", batch=1, context=32, rank=2, reps=5):
             if isinstance(holder, official.LOZOState):
                 state = holder.nbytes()
             else:
-                state = state_bytes(holder) if holder else 0
+                state = lorenza.state_bytes(holder) if holder else 0
             peak = None if None in peaks or forward_peak is None else max(peaks)
             results[name] = (statistics.median(times), peak, state)
     rows = []

@@ -155,11 +155,6 @@ def prepare(name: str, base: MiniLMClassifier, args, steps_per_epoch: int):
                                momentum=args.momentum if name == "LOZO-M" else 0.0, seed=args.seed)
 
 
-def state_bytes(opt) -> int:
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-               if torch.is_tensor(v) and v.dim() > 0)
-
-
 def finetune(name: str, base: MiniLMClassifier, train, held_out, args) -> dict:
     """Train with optimizer ``name`` on random batches of the training set (the whole set, in order,
     when ``args.batch`` covers it), the learning rate decayed linearly to zero by a torch LR
@@ -189,7 +184,7 @@ def finetune(name: str, base: MiniLMClassifier, train, held_out, args) -> dict:
         schedule.step()
     after = evaluate(model, *train) + evaluate(model, *held_out)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    added = state_bytes(opt) + sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()
+    added = lorenza.state_bytes(opt) + sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()
                                    if p.grad is not None)
     return dict(zip(("train_loss0", "train_acc0", "val_loss0", "val_acc0"), before),
                 **dict(zip(("train_loss", "train_acc", "val_loss", "val_acc"), after)),

@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import pathlib
+import sys
 import sysconfig
 import time
 
@@ -97,11 +98,6 @@ def lm_loss(model, x, y):
     return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
 
 
-def state_bytes(opt) -> int:
-    return sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-               if torch.is_tensor(v) and v.dim() > 0)
-
-
 # Each optimizer's best of 3e-3 and 5e-3 at the defaults (200 steps of the tiny config): the low-rank
 # steps are smaller, so they take the larger rate, as GaLore's recipes do.
 LEARNING_RATES = {"AdamW": 3e-3, "LowRankAdamW": 5e-3, "Lorenza": 5e-3, "ProjFactor": 3e-3}
@@ -151,20 +147,26 @@ def train(name, args, train_data, val_data, progress=None):
         times.append(time.perf_counter() - start)
         if (step + 1) % eval_every == 0 or step + 1 == args.steps:
             val_curve.append((step + 1, validation_loss(model, val_data, args)))
+            if progress is None:  # no bar (not a terminal): a line per evaluation, for logs
+                print(f"{name}: step {step + 1}/{args.steps}, train loss {losses[-1]:.3f}, "
+                      f"val loss {val_curve[-1][1]:.3f}", flush=True)
         if progress is not None:
             progress.set_postfix_str(f"{name} loss {losses[-1]:.3f}")
             progress.update()
     return dict(train=sum(losses[-10:]) / len(losses[-10:]), val=val_curve[-1][1],
-                ms=1e3 * sorted(times)[len(times) // 2], state=state_bytes(opt),
+                ms=1e3 * sorted(times)[len(times) // 2], state=lorenza.state_bytes(opt),
                 train_curve=losses, val_curve=val_curve)
 
 
 def progress_bar(total: int):
+    """A tqdm bar on a terminal; None elsewhere (then ``train`` prints a line per evaluation)."""
+    if not sys.stdout.isatty():
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="step", leave=False, disable=None)  # off when not a terminal
+    return tqdm(total=total, unit="step", leave=False)
 
 
 def write_outputs(results: dict, args) -> list:
@@ -189,7 +191,8 @@ def write_outputs(results: dict, args) -> list:
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
         return written
-    fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw=dict(width_ratios=(2, 1)))
+    fig, (curves, state_bars, time_bars) = plt.subplots(1, 3, figsize=(14, 4.5),
+                                                        gridspec_kw=dict(width_ratios=(2.2, 1, 1)))
     for name, r in results.items():
         line, = curves.plot(range(1, len(r["train_curve"]) + 1), r["train_curve"], alpha=0.35, lw=1)
         steps, vals = zip(*r["val_curve"])
@@ -198,18 +201,21 @@ def write_outputs(results: dict, args) -> list:
     curves.legend()
     names = list(results)
     state = [results[n]["state"] / results[names[0]]["state"] for n in names]
-    bars.bar(names, state, color="tab:blue")
-    for i, n in enumerate(names):
-        bars.text(i, state[i], f"{state[i]:.0%}\n{results[n]['ms']:.0f} ms/step", ha="center", va="bottom")
-    bars.set(ylabel=f"optimizer state / {names[0]}'s", ylim=(0, 1.3), title="state and median step time")
-    bars.tick_params(axis="x", rotation=20)
+    ms = [results[n]["ms"] for n in names]
+    for bars, values, label, title in ((state_bars, state, "{:.0%}", f"optimizer state / {names[0]}'s"),
+                                       (time_bars, ms, "{:.0f}", "median step time, ms")):
+        bars.bar(range(len(names)), values, color="tab:blue")
+        for i, value in enumerate(values):
+            bars.text(i, value, label.format(value), ha="center", va="bottom")
+        bars.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        bars.set(title=title, ylim=(0, 1.15 * max(values)))
     fig.tight_layout()
     fig.savefig(args.out / "main_job.png", dpi=110)
     plt.close(fig)
     return written + [args.out / "main_job.png"]
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=list(CONFIGS),
                         help="model size (default: tiny on CPU, small on CUDA)")
@@ -227,7 +233,11 @@ def main(argv=None):
     parser.add_argument("--optimizers", default="AdamW,LowRankAdamW,Lorenza,ProjFactor")
     parser.add_argument("--val-batches", type=int, default=8)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/main_job"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     args.device = torch.device(args.device)
     args.config = args.config or ("small" if args.device.type == "cuda" else "tiny")
     args.context = args.context or CONFIGS[args.config]["context"]

@@ -4,7 +4,7 @@ import platform
 import torch
 
 import lorenza
-from lorenza import backend
+from lorenza.ops import backend
 
 
 def main() -> None:

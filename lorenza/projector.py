@@ -1,8 +1,10 @@
-"""The subspace of a projected parameter: which side, when to refresh, the basis, project and lift.
+"""The subspace of a projected parameter: which side, when to refresh, the basis, project and lift
+(docs/algorithms.md, sections 1 and 7).
 
 A basis is stored as GaLore stores it: ``(m, r)`` on the left side, ``(r, n)`` on the right.
 ``R = P^T G`` (left) or ``R = G P^T`` (right); ``lift(N) = P N`` (left) or ``N P`` (right), times
-``1/r`` for a Gaussian basis so that ``E[lift(project(G))] = G``.
+``1/r`` for a Gaussian basis so that ``E[lift(project(G))] = G``. The products themselves are the
+reference's (``reference/subspace.py``): no backend has another implementation of them.
 
 Granularity ``c`` (VLoRP): the ``m x n`` gradient is first viewed row-major as ``(m c) x (n / c)``
 on the right side, ``(m / c) x (n c)`` on the left, and that view is projected; ``lift`` views the
@@ -12,7 +14,8 @@ import torch
 
 from . import linalg
 from .random import Stream, randn, stream_key
-from .reference.rsvd import compute_dtype as work_dtype  # moments and bases: fp32, fp64 for fp64
+from .reference import subspace
+from .reference.precision import compute_dtype as work_dtype  # moments and bases: fp32, fp64 for fp64
 
 KINDS = ("rsvd", "svd", "random")
 PROJ_TYPES = ("std", "reverse_std", "left", "right")  # GaLore's proj_type values we support
@@ -74,7 +77,8 @@ def compute_basis(grad: torch.Tensor, rank: int, side: str, kind: str, seed: int
 
 
 class Projection:
-    """Project a gradient into the subspace and add lifted subspace tensors to a weight in place."""
+    """One parameter's subspace: project a gradient into it, lift subspace tensors back (the op layer
+    writes lifts into weights in place from its ``basis``, ``side``, ``lift_scale`` and ``folded``)."""
 
     def __init__(self, basis: torch.Tensor, side: str, kind: str, shape, granularity: int = 1):
         self.basis, self.side, self.granularity = basis, side, granularity
@@ -84,27 +88,14 @@ class Projection:
         self.lift_scale = 1.0 / rank if kind == "random" else 1.0
 
     def subspace_shape(self):
-        rows, cols = self.folded
-        return (self.basis.shape[1], cols) if self.side == "left" else (rows, self.basis.shape[0])
+        return subspace.subspace_shape(self.folded, self.basis, self.side)
 
     def project(self, grad: torch.Tensor) -> torch.Tensor:
-        G = grad.to(self.basis.dtype).reshape(self.folded)
-        return self.basis.T @ G if self.side == "left" else G @ self.basis.T
+        return subspace.project(grad.reshape(self.folded), self.basis, self.side)
 
     def lift(self, N: torch.Tensor) -> torch.Tensor:
-        """The full ``m x n`` tensor; only for callers that need it (tests, low-precision weights)."""
-        full = self.basis @ N if self.side == "left" else N @ self.basis
-        full = full.mul_(self.lift_scale) if self.lift_scale != 1.0 else full
-        return full.reshape(self.shape)
-
-    def lift_add_(self, weight: torch.Tensor, N: torch.Tensor, alpha: float) -> None:
-        """``weight += alpha * lift(N)``, written into ``weight`` (no ``m x n`` temporary in fp32/fp64)."""
-        if weight.dtype != N.dtype:  # low-precision weight: lift in fp32, round once
-            weight.add_(self.lift(N), alpha=alpha)
-        elif self.side == "left":
-            weight.view(self.folded).addmm_(self.basis, N, alpha=alpha * self.lift_scale)
-        else:
-            weight.view(self.folded).addmm_(N, self.basis, alpha=alpha * self.lift_scale)
+        """The full ``m x n`` tensor; only for callers that need it formed (tests, benchmarks)."""
+        return subspace.lift(N, self.basis, self.side, self.lift_scale).reshape(self.shape)
 
     def lift_rows(self, N: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Rows ``start .. stop - 1`` of ``lift(N)`` (on the left side, multiples of the granularity)."""

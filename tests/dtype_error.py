@@ -1,4 +1,4 @@
-"""Tolerances tied to the dtype (DESIGN.md conventions) for comparing a kernel with the reference."""
+"""Tolerances tied to the dtype (docs/design.md, conventions) for comparing a kernel with the reference."""
 import torch
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)

@@ -5,7 +5,7 @@ import torch
 
 from lorenza import AdaZeta
 from lorenza.optim.adazeta import query_count, rate_for_target
-from bench import official
+from lorenza.testing import official
 from test_mezo import lorenza_noise
 
 
@@ -41,7 +41,7 @@ def test_each_step_makes_the_scheduled_number_of_probe_pairs():
 
 
 def test_trajectory_equals_adazetas_official_update():
-    """AdaZeta's official step (bench.official.adazeta_step, one seed per query) with the
+    """AdaZeta's official step (lorenza.testing.official.adazeta_step, one seed per query) with the
     optimizer's noise: Q_e probe pairs, then the average of c_i z_i through a full-size buffer."""
     def model():
         torch.manual_seed(0)

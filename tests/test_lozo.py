@@ -6,7 +6,7 @@ from lorenza import LOZO
 from lorenza.optim.lozo import low_rank_factor
 from lorenza.random import Stream
 from allocations import LargestAllocation
-from bench import official
+from lorenza.testing import official
 
 
 def linear_loss(W, G):
@@ -33,8 +33,8 @@ def ours_updates(G, rank, nu, steps, seed=0):
 
 
 def official_lozo_updates(G, rank, nu, steps, seed=0):
-    """The official LOZO loop (bench.official.lozo_step) on the linear loss, its seeds drawn as the
-    official trainer draws them (a private generator stands in for torch's global one)."""
+    """The official LOZO loop (lorenza.testing.official.lozo_step) on the linear loss, its seeds drawn
+    as the official trainer draws them (a private generator stands in for torch's global one)."""
     W = torch.nn.Parameter(torch.zeros(G.shape, dtype=torch.float64))
     state, rng, gen, updates = official.LOZOState(), np.random.RandomState(seed), torch.Generator(), []
     for _ in range(steps):

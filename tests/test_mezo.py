@@ -5,7 +5,7 @@ from lorenza import MeZO, random
 from lorenza.random import Stream, stream_key
 from lorenza.reference import philox
 from allocations import LargestAllocation
-from bench import official
+from lorenza.testing import official
 
 
 def lorenza_noise(seed, step):

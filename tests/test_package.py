@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import lorenza
-from lorenza import backend, linalg
+from lorenza import linalg
+from lorenza.ops import backend
 
 
 def run_python(code, **env):
@@ -53,7 +54,7 @@ def test_without_the_extension_everything_runs_on_the_reference():
 
 
 def test_explicit_backend_that_cannot_run_raises(monkeypatch):
-    monkeypatch.setitem(backend.OPS, "kernel_under_test", (backend.TRITON,))
+    monkeypatch.setitem(backend.OPS, "kernel_under_test", {backend.TRITON: "lorenza.kernels.philox:normal_"})
     monkeypatch.setenv("LORENZA_BACKEND", "triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(backend.BackendUnavailable, match="TRITON_INTERPRET=1"):
@@ -69,7 +70,7 @@ def test_explicit_extension_backend_without_extension_raises():
         "import torch, lorenza\n"
         "try:\n"
         "    lorenza.linalg.rsvd(torch.randn(8, 6), 2)\n"
-        "except lorenza.backend.BackendUnavailable as e:\n"
+        "except lorenza.ops.BackendUnavailable as e:\n"
         "    print('raised:', e)\n",
         LORENZA_NO_EXT="1", LORENZA_BACKEND="cuda")
     assert "raised: LORENZA_BACKEND=ext cannot run rsvd on cpu: LORENZA_NO_EXT is set" in out

@@ -7,7 +7,7 @@ import torch
 from lorenza import ProjFactor
 from lorenza import projector as proj
 from lorenza.random import Stream, stream_key
-from bench import official
+from lorenza.testing import official
 
 
 def loss_of(W, target):
@@ -54,7 +54,7 @@ def test_unprojected_it_is_the_factored_adafactor_style_update(shape):
 @pytest.mark.parametrize("shape, granularity, rank, gap", [((127, 30), 3, 5, 2), ((30, 300), 2, 7, 3),
                                                           ((64, 48), 1, 4, 4), ((48, 64), 4, 3, 2)])
 def test_multi_step_parity_with_the_official_update(shape, granularity, rank, gap):
-    """VLoRP's SingleParameterRandomAdaFactor (bench.official) fed lorenza's Gaussian bases."""
+    """VLoRP's SingleParameterRandomAdaFactor (lorenza.testing.official) fed lorenza's Gaussian bases."""
     torch.manual_seed(1)
     start, target = torch.randn(shape), torch.randn(shape)
     W = torch.nn.Parameter(start.clone())

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lorenza import random
+from lorenza import ops, random
 from lorenza.reference import philox
 from conftest import requires_ext
 
@@ -72,7 +72,7 @@ def test_add_randn_combines_streams_in_place():
     assert out is w
     torch.testing.assert_close(w, expected)
     combined = sum(c * random.randn(w.shape, k) for c, k in zip(coeffs, keys))
-    torch.testing.assert_close(random.randn_norm_sq(w.numel(), coeffs, keys),
+    torch.testing.assert_close(ops.norm_sq(w.numel(), coeffs, keys),
                                combined.double().square().sum())
 
 

@@ -3,7 +3,8 @@ CUDA-graph capture, opcheck. Skipped without a GPU and a CUDA build of lorenza._
 import pytest
 import torch
 
-from lorenza import backend, linalg
+from lorenza import linalg
+from lorenza.ops import backend
 from lorenza.random import Stream, stream_key
 
 pytestmark = pytest.mark.skipif(

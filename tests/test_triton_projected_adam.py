@@ -5,7 +5,7 @@ import torch
 from conftest import DEVICE, requires_triton
 from dtype_error import LOW_PRECISION, assert_matches_reference
 
-from lorenza import adam
+from lorenza.ops import adam
 from lorenza import projector as proj
 
 pytestmark = requires_triton

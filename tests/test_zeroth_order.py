@@ -37,8 +37,8 @@ def weights(model):
 
 
 def assert_restored(model, before, ulps=4):
-    """Each weight back where it was up to a few roundings of the perturbation (ALGORITHMS.md:
-    'within rounding'); a weight left perturbed by zo_eps is far outside this bound."""
+    """Each weight back where it was up to a few roundings of the perturbation (docs/algorithms.md,
+    section 8: 'within rounding'); a weight left perturbed by zo_eps is far outside this bound."""
     for p, b in zip(model.parameters(), before):
         tol = ulps * torch.finfo(p.dtype).eps * (b.abs().float() + 1e-2)
         assert torch.all((p.detach().float() - b.float()).abs() <= tol)

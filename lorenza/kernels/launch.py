@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.precision import compute_dtype as torch_compute_dtype
+
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
              torch.float64: tl.float64}
 SUPPORTED = tuple(TL_DTYPES)
@@ -27,8 +29,8 @@ def check_dtype(*tensors) -> None:
 
 
 def compute_dtype(dtype: torch.dtype):
-    """Arithmetic precision for a weight of ``dtype``: fp32, fp64 for fp64 weights."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    """Arithmetic precision for a weight of ``dtype``, as the reference's rule says."""
+    return TL_DTYPES[torch_compute_dtype(dtype)]
 
 
 def dot_precision() -> str:

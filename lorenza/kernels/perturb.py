@@ -1,4 +1,4 @@
-"""In-place seeded perturbations, the noise made inside the kernel (ALGORITHMS.md, Randomness):
+"""In-place seeded perturbations, the noise made inside the kernel (docs/algorithms.md, section 8):
 
 - ``gaussian_add_``: ``W = scale * W + sum_j c_j z_j`` with full-shaped ``z_j`` (MeZO, AdaZeta,
   AdaZo-SAM; with ``scale = 1 - lr wd`` it is MeZO's fused restore-and-update);
@@ -60,18 +60,20 @@ def low_rank_add_(weight: torch.Tensor, alpha: float, scale: float, rank: int, k
     return rank_update_(weight, L, V_t, alpha=alpha, scale=scale)
 
 
-def subspace_add_(weight: torch.Tensor, projection, coeffs, keys, scale: float = 1.0) -> torch.Tensor:
-    """``weight = scale * weight + lift(sum_j coeffs[j] Z_j)``, ``Z_j`` stream ``keys[j]`` shaped like
-    ``projection.subspace_shape()``. A left-side lift ``P Z`` is written as ``(Z^T P^T)^T`` so the
-    generated factor is always the left operand."""
-    folded = weight.view(projection.folded)
-    rows, cols = projection.subspace_shape()
+def subspace_add_(weight: torch.Tensor, basis: torch.Tensor, side: str, lift_scale: float, coeffs, keys,
+                  scale: float = 1.0) -> torch.Tensor:
+    """``weight = scale * weight + lift(sum_j coeffs[j] Z_j)`` for the folded view ``weight``, ``Z_j``
+    stream ``keys[j]`` shaped like its projection (row-major). A left-side lift ``P Z`` is written as
+    ``(Z^T P^T)^T`` so the generated factor is always the left operand."""
     if not keys:
         return weight.mul_(scale) if scale != 1.0 else weight
-    if projection.side == "right":  # W += Z P, Z (rows x r) row-major
-        Z = Noise(list(keys), list(coeffs), (rows, cols), (cols, 1))
-        rank_update_(folded, Z, projection.basis, alpha=projection.lift_scale, scale=scale)
+    rows, cols = weight.shape
+    if side == "right":  # W += Z P, Z (rows x r) row-major
+        rank = basis.shape[0]
+        Z = Noise(list(keys), list(coeffs), (rows, rank), (rank, 1))
+        rank_update_(weight, Z, basis, alpha=lift_scale, scale=scale)
     else:  # W^T += Z^T P^T, Z (r x cols) row-major
-        Z_t = Noise(list(keys), list(coeffs), (cols, rows), (1, cols))
-        rank_update_(folded.T, Z_t, projection.basis.T, alpha=projection.lift_scale, scale=scale)
+        rank = basis.shape[1]
+        Z_t = Noise(list(keys), list(coeffs), (cols, rank), (1, cols))
+        rank_update_(weight.T, Z_t, basis.T, alpha=lift_scale, scale=scale)
     return weight

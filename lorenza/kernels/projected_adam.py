@@ -1,4 +1,4 @@
-"""GaLore's Adam step (ALGORITHMS.md section 1) in three kernels:
+"""GaLore's Adam step (docs/algorithms.md, section 1) in three kernels:
 
 - project + Adam: ``R = P^T G`` or ``G P^T`` by a GEMM whose epilogue updates the moments in place
   and writes the normalised step ``N = M / (sqrt(V) + eps)`` (``r``-sized, like the moments);
@@ -16,7 +16,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import adam as reference
 from . import launch
 from .rounding import round_to
 from .rank_update import rank_update_
@@ -69,14 +68,13 @@ def _betas(beta1, beta2) -> tuple:
     return float(beta1), 1.0 - float(beta1), float(beta2), 1.0 - float(beta2)
 
 
-def _project_adam(G, M, V, projection, beta1, beta2, eps, store_R: bool):
+def _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R: bool):
     """``N`` (and ``R`` when asked), with ``M, V`` updated in place."""
     if not (M.is_contiguous() and V.is_contiguous()):
         raise ValueError("the projected Adam kernel needs contiguous moments")
-    basis = projection.basis
     N = torch.empty_like(M)
     R = torch.empty_like(M) if store_R else N
-    if projection.side == "right":  # R = G P^T: G (rows x K), P^T (K x r)
+    if side == "right":  # R = G P^T: G (rows x K), P^T (K x r)
         A, B = G, basis.T
     else:  # R = P^T G: P^T (r x K), G (K x cols)
         A, B = basis.T, G
@@ -91,12 +89,12 @@ def _project_adam(G, M, V, projection, beta1, beta2, eps, store_R: bool):
     return N, (R if store_R else None)
 
 
-def projected_adam_(param, grad, M, V, projection, *, scale, residual, beta1, beta2, eps, step_size, decay):
-    """``reference.adam.projected_adam_`` with no ``m x n`` temporary (see the module docstring)."""
-    launch.check_dtype(param, grad, M)
-    G = grad.reshape(projection.folded)
-    W = param.view(projection.folded)
-    N, R = _project_adam(G, M, V, projection, beta1, beta2, eps, store_R=residual)
+def projected_adam_(W, G, M, V, basis, side, lift_scale, *, scale, residual, beta1, beta2, eps, step_size,
+                    decay):
+    """The reference's ``projected_adam_`` (same arguments: ``W`` and ``G`` are the folded views) with no
+    ``m x n`` temporary (see the module docstring)."""
+    launch.check_dtype(W, G, M)
+    N, R = _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R=residual)
     alpha, keep = step_size * scale, 1.0 - decay
     grad_coef = 0.0
     if residual:  # W -= alpha (lift(N) + phi (G - lift(R))) = alpha (lift(N - phi R) + phi G)
@@ -104,8 +102,8 @@ def projected_adam_(param, grad, M, V, projection, *, scale, residual, beta1, be
         phi = float(N.norm() / r_norm) if r_norm > 0 else 0.0
         N = N.sub_(R, alpha=phi)
         grad_coef = -alpha * phi * keep
-    lifted = (N, projection.basis) if projection.side == "right" else (projection.basis, N)
-    rank_update_(W, *lifted, alpha=-alpha * keep * projection.lift_scale, scale=keep,
+    lifted = (N, basis) if side == "right" else (basis, N)
+    rank_update_(W, *lifted, alpha=-alpha * keep * lift_scale, scale=keep,
                  grad=G if residual else None, grad_coef=grad_coef)
 
 
@@ -160,27 +158,22 @@ class _LaunchTables:
 _TABLES = _LaunchTables()
 
 
-def _flat_indexable(p, g, m, v) -> bool:
-    return all(t.is_contiguous() for t in (p, g, m, v)) and g.shape == p.shape
-
-
 def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, decay) -> None:
-    """``reference.adam.adam_`` of every tensor, one launch per (device, dtypes); a tensor that is
-    not contiguous takes the reference."""
+    """The reference's ``adam.adam_`` of every tensor, one launch per (device, dtypes). Every tensor
+    is indexed flat: each must be contiguous, its gradient of its shape."""
     members = list(zip(params, grads, moments1, moments2))
     for p, g, m, v in members:  # every check before the first write
         launch.check_dtype(p, g, m)
         if m.dtype != v.dtype or not p.device == g.device == m.device == v.device:
             raise ValueError("adam_: a parameter's gradient and moments must share its device, and its two "
                              "moments one dtype")
+        if not all(t.is_contiguous() for t in (p, g, m, v)) or g.shape != p.shape:
+            raise ValueError("adam_: the multi-tensor kernel takes contiguous tensors, each gradient shaped "
+                             "like its parameter")
     groups = defaultdict(list)
     for p, g, m, v in members:
-        if p.numel() == 0:
-            continue
-        if _flat_indexable(p, g, m, v):
+        if p.numel():
             groups[(p.device, p.dtype, g.dtype, m.dtype)].append((p, g, m, v))
-        else:
-            reference.adam_(p, g, m, v, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size, decay=decay)
     for (device, p_dtype, g_dtype, m_dtype), members in groups.items():
         block = launch.elementwise_block(max(p.numel() for p, *_ in members))
         table, block_map = _TABLES.get(members, block, device)

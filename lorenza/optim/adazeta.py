@@ -1,5 +1,5 @@
 """AdaZeta: zeroth-order fine-tuning with an adaptive query schedule (Yang et al. 2024;
-ALGORITHMS.md section 5). Its tensor-train adapters are in :mod:`lorenza.adapters`."""
+docs/algorithms.md, section 5). Its tensor-train adapters are in :mod:`lorenza.adapters`."""
 import math
 
 from . import _checks

@@ -6,9 +6,8 @@ A direction object belongs to one parameter and holds the keys of its ``q`` dire
 """
 import torch
 
-from .. import backend, perturb, random
+from .. import ops
 from ..random import Stream, stream_key
-from ..reference import perturb as reference_perturb
 
 
 def probe_keys(group: dict, tensor_id: int, queries: int) -> list:
@@ -32,21 +31,21 @@ class ProbeDirection:
         if self.projection is None and not self.param.is_contiguous():
             raise ValueError(f"a full-rank probe needs contiguous parameters; one of shape "
                              f"{tuple(self.param.shape)} is not (call .contiguous() on it)")
-        backend.resolve("perturb", self.param.device)
-        backend.resolve("noise", self.param.device)
+        ops.check_backend("gaussian_add" if self.projection is None else "subspace_add", self.param.device)
+        ops.check_backend("noise", self.param.device)  # norm_sq makes the noise itself
 
     def move_(self, coeffs, scale: float = 1.0) -> None:
         if self.projection is None:
-            random.add_randn_(self.param, coeffs, self.keys, scale=scale)
+            ops.gaussian_add_(self.param, coeffs, self.keys, scale=scale)
         else:
-            perturb.subspace_add_(self.param, self.projection, coeffs, self.keys, scale=scale)
+            ops.subspace_add_(self.param, self.projection, coeffs, self.keys, scale=scale)
 
     def norm_sq(self, coeffs) -> torch.Tensor:
         """``||sum_j coeffs[j] * D_j||^2``."""
         if self.projection is None:
-            return random.randn_norm_sq(self.param.numel(), coeffs, self.keys, self.param.device)
-        combined = reference_perturb.subspace_noise(self.projection, *random.nonzero_terms(coeffs, self.keys),
-                                                    self.param.device)
+            return ops.norm_sq(self.param.numel(), coeffs, self.keys, self.param.device)
+        combined = ops.combination(self.projection.subspace_shape(), coeffs, self.keys, self.param.device,
+                                   self.projection.basis.dtype)
         if combined is None:
             return torch.zeros((), dtype=torch.float64)
         return self.projection.lifted_norm_sq(combined).double()

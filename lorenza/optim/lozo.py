@@ -1,8 +1,8 @@
 """LOZO and LOZO-M: zeroth-order SGD with low-rank perturbations (Chen et al. 2024;
-ALGORITHMS.md section 4)."""
+docs/algorithms.md, section 4)."""
 import torch
 
-from .. import backend, perturb, random
+from .. import ops
 from ..projector import work_dtype
 from ..random import Stream, stream_key
 from . import _checks
@@ -19,7 +19,7 @@ def factor_key(group: dict, stream: Stream, step: int, tensor_id: int) -> int:
 def low_rank_factor(group: dict, stream: Stream, step: int, tensor_id: int, rows: int,
                     device) -> torch.Tensor:
     """``U`` or ``V`` (see :func:`factor_key`): a ``rows x rank`` Gaussian in float32."""
-    return random.randn((rows, group["rank"]), factor_key(group, stream, step, tensor_id), device=device)
+    return ops.randn((rows, group["rank"]), factor_key(group, stream, step, tensor_id), device=device)
 
 
 class LowRankDirection:
@@ -35,15 +35,16 @@ class LowRankDirection:
         self.key_v = factor_key(group, Stream.LOW_RANK_V, self.v_refresh, tensor_id)
 
     def check(self) -> None:
-        backend.resolve("perturb", self.param.device)  # any layout is written in place
+        ops.check_backend("low_rank_add", self.param.device)  # any layout is written in place
+        ops.check_backend("noise", self.param.device)  # LOZO-M makes U itself
 
     def move_(self, coeffs, scale: float = 1.0) -> None:
         (alpha,) = coeffs
-        perturb.low_rank_add_(self.param, alpha, scale, self.group["rank"], self.key_v, key_u=self.key_u)
+        ops.low_rank_add_(self.param, alpha, scale, self.group["rank"], self.key_v, key_u=self.key_u)
 
     def add_(self, left: torch.Tensor, alpha: float, scale: float) -> None:
         """``param = scale * param + alpha * left V^T`` for an ``m x rank`` ``left``."""
-        perturb.low_rank_add_(self.param, alpha, scale, self.group["rank"], self.key_v, left=left)
+        ops.low_rank_add_(self.param, alpha, scale, self.group["rank"], self.key_v, left=left)
 
     @property
     def U(self) -> torch.Tensor:
@@ -136,7 +137,7 @@ class LOZO(ZerothOrderOptimizer):
                                                         memory_format=torch.contiguous_format)
         flat_w, flat_n = param.view(-1), state["momentum_buffer"].view(-1)
         scale, lr = self.decay_scale(param, group), group["lr"]
-        for start, z in random.noise_chunks(param.numel(), 1.0, direction.keys[0], param.device):
+        for start, z in ops.chunks(param.numel(), 1.0, direction.keys[0], param.device):
             w, n = flat_w[start:start + z.numel()], flat_n[start:start + z.numel()]
             z = z.to(n.dtype)  # float64 for float64 weights
             if first:

@@ -1,4 +1,4 @@
-"""MeZO: memory-efficient zeroth-order SGD (Malladi et al. 2023; ALGORITHMS.md section 3)."""
+"""MeZO: memory-efficient zeroth-order SGD (Malladi et al. 2023; docs/algorithms.md, section 3)."""
 from .zeroth_order import ZerothOrderOptimizer
 
 

@@ -1,13 +1,12 @@
 """ProjFactor: VLoRP's projected first moment with an Adafactor-style second moment (Wang et al.
-2025; ALGORITHMS.md section 7)."""
+2025; docs/algorithms.md, section 7)."""
 import math
 import weakref
 
 import torch
 
 from ..projector import work_dtype
-from ..reference.adam import decay_
-from .lowrank_adamw import LowRankAdamW
+from .projected import ProjectedOptimizer
 
 # id(param) -> (weak param, weak ProjFactor) projecting it in backward: no attribute is put on the
 # parameter, so a model pickles as before.
@@ -53,7 +52,7 @@ def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_
                                alpha=-step_size)
 
 
-class ProjFactor(LowRankAdamW):
+class ProjFactor(ProjectedOptimizer):
     """VLoRP's ProjFactor: the first moment in a random subspace, the second moment factored in the
     original space.
 
@@ -86,9 +85,9 @@ class ProjFactor(LowRankAdamW):
                  granularity=1, update_gap=100, scale=1.0, seed=None, *, per_layer=False):
         self.per_layer = per_layer
         self._hooks, self._owners = [], {}
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
-                         update_gap=update_gap, scale=scale, projector="random", seed=seed,
-                         granularity=granularity)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
+                                      update_gap=update_gap, scale=scale, projector="random", seed=seed,
+                                      granularity=granularity))
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -167,7 +166,7 @@ class ProjFactor(LowRankAdamW):
     def _pending(self, param) -> bool:
         return param.grad is not None or "projected_grad" in self.state.get(param, {})
 
-    def _apply_updates(self, entries) -> None:
+    def _update(self, entries) -> None:
         """The ProjFactor step of every ``(group, param, tensor_id)``, from its ``.grad`` and/or its
         projected accumulator. Two phases, so that an error leaves weights and state untouched."""
         self.index_projected()
@@ -217,4 +216,6 @@ class ProjFactor(LowRankAdamW):
             rows_multiple = projection.granularity if projection.side == "left" else 1
         factored_update_(param.view(rows, cols), numerator, v_row, v_col, step_size=step_size,
                          eps=group["eps"], rows_multiple=rows_multiple)
-        decay_(param, group["lr"] * group["weight_decay"])
+        decay = group["lr"] * group["weight_decay"]
+        if decay:  # after the update, as GaLore and the official code do
+            param.add_(param, alpha=-decay)

@@ -1,9 +1,8 @@
-"""The forward-only step that MeZO, LOZO and AdaZeta share (ALGORITHMS.md sections 3 to 5)."""
+"""The forward-only step that MeZO, LOZO and AdaZeta share (docs/algorithms.md, sections 3 to 5)."""
 import warnings
 
 import torch
 
-from ..random import draw_seed
 from . import _checks, two_point
 from .base import LorenzaOptimizer
 from .directions import ProbeDirection, one_hot, probe_keys
@@ -38,9 +37,7 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
     shared_keys = ("zo_eps",)  # one probe moves every group: these must agree across groups
 
     def __init__(self, params, defaults: dict):
-        seed = defaults.get("seed")
-        defaults = dict(defaults, seed=draw_seed() if seed is None else seed, zo_step=0)
-        super().__init__(params, defaults)
+        super().__init__(params, dict(defaults, zo_step=0))
 
     def add_param_group(self, param_group: dict) -> None:
         if self.param_groups and "zo_step" not in param_group:  # a late group joins the step count

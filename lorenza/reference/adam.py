@@ -1,8 +1,9 @@
-"""The Adam update of GaLore's AdamW (ALGORITHMS.md section 1), plain and projected, in PyTorch.
+"""The Adam update of GaLore's AdamW (docs/algorithms.md, section 1), plain and projected, in PyTorch.
 
 ``step_size = lr * sqrt(1 - b2^t) / (1 - b1^t)`` and ``decay = lr * weight_decay`` come in as
 numbers; weight decay is applied after the update, as GaLore does.
 """
+from . import subspace
 
 
 def _moments_(M, V, R, beta1, beta2):
@@ -27,24 +28,25 @@ def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
     decay_(param, decay)
 
 
-def projected_adam_(param, grad, M, V, projection, *, scale, residual, beta1, beta2, eps,
+def projected_adam_(param, grad, M, V, basis, side, lift_scale, *, scale, residual, beta1, beta2, eps,
                     step_size, decay):
-    """Moments in the subspace; the lifted step is written into ``param`` in place.
+    """Moments in the subspace; the lifted step is written into ``param`` in place. ``param`` and
+    ``grad`` are the folded views (see ``subspace.py``).
 
     ``residual`` (Lorenza+) also applies the discarded part ``G - lift(R)`` scaled by
     ``||N|| / ||R||``.
     """
-    R = projection.project(grad)
+    R = subspace.project(grad, basis, side)
     _moments_(M, V, R, beta1, beta2)
     N = _normalized(M, V, eps)
     alpha = step_size * scale
-    projection.lift_add_(param, N, -alpha)
+    subspace.lift_add_(param, N, basis, side, lift_scale, -alpha)
     if residual:
         r_norm = R.norm()
         phi = float(N.norm() / r_norm) if r_norm > 0 else 0.0
         if param.dtype == R.dtype:  # in place, two roundings at the weight's own precision
             param.add_(grad, alpha=-alpha * phi)
-            projection.lift_add_(param, R, alpha * phi)
+            subspace.lift_add_(param, R, basis, side, lift_scale, alpha * phi)
         else:  # a low-precision weight takes Delta formed in fp32 and rounds once
-            param.add_(grad.to(R.dtype) - projection.lift(R), alpha=-alpha * phi)
+            param.add_(grad.to(R.dtype) - subspace.lift(R, basis, side, lift_scale), alpha=-alpha * phi)
     decay_(param, decay)

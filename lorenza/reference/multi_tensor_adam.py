@@ -23,7 +23,7 @@ def _fusable(param, grad, M, V) -> bool:
 
 
 def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, decay) -> None:
-    """One Adam step of ``params`` with the numbers of ``lowrank_adamw.adam_hyper``."""
+    """One Adam step of ``params`` (the numbers of ``adam.adam_``)."""
     # The fused kernel applies its own bias corrections for a step count: called with t = 1 it
     # moves by lr' sqrt(1 - beta2) / (1 - beta1) * M / (sqrt(V) + eps' sqrt(1 - beta2)), which is
     # step_size * M / (sqrt(V) + eps) for the lr' and eps' below.

@@ -2,10 +2,7 @@
 import torch
 
 from . import philox
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .precision import compute_dtype
 
 
 def sketch_matrix(batch_shape, n: int, k: int, key: int, dtype, device) -> torch.Tensor:
@@ -18,7 +15,9 @@ def orth(Y: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(Y).Q
 
 
-def rsvd(A: torch.Tensor, rank: int, oversample: int, power_iters: int, key: int):
+def rsvd(A: torch.Tensor, rank: int, oversample: int, power_iters: int, key: int, allow_tf32: bool = False):
+    """``(U, S, Vh)`` of rank ``rank`` (docs/algorithms.md, section 6); ``allow_tf32`` is the compiled
+    op's and changes nothing here."""
     A = A.to(compute_dtype(A.dtype))
     *batch, m, n = A.shape
     k = min(rank + oversample, m, n)

@@ -1,22 +1,20 @@
-"""LORENZA and AdaZo-SAM: Adam + SAM with a zeroth-order ascent (ALGORITHMS.md section 2)."""
+"""The step of LORENZA and AdaZo-SAM: Adam + SAM with a zeroth-order ascent (docs/algorithms.md,
+section 2)."""
 import warnings
 
 import torch
 
 from . import _checks, two_point
 from .directions import ProbeDirection, one_hot, probe_keys
-from .lowrank_adamw import LowRankAdamW
+from .projected_adam import ProjectedAdam
 from .two_point import BACKWARD_IN_CLOSURE
 
 
-class Lorenza(LowRankAdamW):
-    """Low-rank Adam (:class:`LowRankAdamW`) whose gradient is taken at a SAM ascent point.
-
-    The ascent direction is a zeroth-order estimate from ``2 * zo_queries`` forward passes with
-    probes ``W +- zo_eps * D_j`` in each projected parameter's current subspace (full-shaped for
-    the others); the step is ``e = rho * g_hat / ||g_hat||``. Then one forward+backward at
-    ``W + e`` gives the gradient for the projected Adam step. ``residual=True`` (Lorenza+) also
-    applies the component of the gradient outside the subspace.
+class ZerothOrderSAM(ProjectedAdam):
+    """Adam at a sharpness-aware (SAM) point whose ascent is estimated from forward passes only: the
+    step of :class:`~lorenza.Lorenza` (directions in each projected parameter's subspace) and of
+    :class:`~lorenza.AdaZoSAM` (no projection). The groups add ``rho``, ``zo_eps``, ``zo_queries``,
+    ``residual`` and the optimizer-wide step counter ``zo_step``.
 
     ``step(closure)``: ``closure()`` runs the forward pass and returns the scalar loss tensor; it
     must not call ``backward()``. The step replaces ``.grad`` with the SAM gradient and returns
@@ -27,13 +25,8 @@ class Lorenza(LowRankAdamW):
     counts k (saved in ``state_dict``) and advances even when an update is skipped.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=128,
-                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, rho=0.05,
-                 zo_eps=1e-3, zo_queries=1, residual=False):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
-                         update_gap=update_gap, scale=scale, projector=projector, stagger=stagger,
-                         seed=seed, _extra_defaults=dict(rho=rho, zo_eps=zo_eps, zo_queries=zo_queries,
-                                                         residual=residual, zo_step=0))
+    def __init__(self, params, defaults: dict):
+        super().__init__(params, dict(defaults, zo_step=0))
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -149,20 +142,5 @@ class Lorenza(LowRankAdamW):
             warnings.warn(f"{name}: non-finite loss at the SAM point; skipping the update",
                           RuntimeWarning, stacklevel=2)
             return sam_loss if loss is None else loss
-        self.adam_updates([(g, p, i) for g, p, i in trainable if p.grad is not None])
+        self._update([(g, p, i) for g, p, i in trainable if p.grad is not None])
         return sam_loss if loss is None else loss
-
-
-class AdaZoSAM(Lorenza):
-    """Full-rank AdaZo-SAM: :class:`Lorenza` with no projection, full Gaussian probes everywhere."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rho=0.05,
-                 zo_eps=1e-3, zo_queries=1, seed=None):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=None,
-                         seed=seed, rho=rho, zo_eps=zo_eps, zo_queries=zo_queries)
-
-    def _validate_group(self, group: dict) -> None:
-        super()._validate_group(group)
-        if group["rank"] is not None:
-            raise ValueError("AdaZoSAM is full-rank: a group's rank must be None (Lorenza is the "
-                             "low-rank version)")

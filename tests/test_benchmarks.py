@@ -1,23 +1,23 @@
-"""The suite as pytest-benchmark tests, each kernel or step beside its baseline (same group):
+"""A few of the benchmark's comparisons as pytest-benchmark tests, each beside its baseline (same
+group). The suite runs each once, untimed (see conftest.py); to time them:
 
-    pip install pytest-benchmark && python -m pytest bench/test_benchmarks.py --benchmark-group-by=group
+    python -m pytest tests/test_benchmarks.py --benchmark-enable --benchmark-group-by=group
 """
 import pytest
 import torch
+from conftest import DEVICE, import_from_checkout
 
 import lorenza
 from lorenza import random
 
-from .optim_step import groups, llama_shapes, make_params
-
 pytest.importorskip("pytest_benchmark")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+helpers = import_from_checkout(".", "bench.helpers")
 
 
 @pytest.fixture(scope="module")
 def stack():
-    shapes = llama_shapes("60m")[1:-1]  # the layers, without the 32000-row embeddings
-    return shapes, make_params(shapes, device=DEVICE)
+    shapes = helpers.llama_shapes("60m")[1:-1]  # the layers, without the 32000-row embeddings
+    return shapes, helpers.make_params(shapes, device=DEVICE)
 
 
 @pytest.mark.benchmark(group="optimizer step, LLaMA-60m layers")
@@ -27,7 +27,7 @@ def test_optimizer_step(benchmark, stack, name):
     if name.startswith("torch"):
         opt = torch.optim.AdamW(params, lr=1e-6, foreach=True)
     else:
-        opt = lorenza.LowRankAdamW(groups(params, shapes, 128, 10**6), lr=1e-6)
+        opt = lorenza.LowRankAdamW(helpers.groups(params, shapes, 128, 10**6), lr=1e-6)
     opt.step()  # state and bases made outside the timing
     benchmark(opt.step)
 

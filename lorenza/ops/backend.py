@@ -1,16 +1,19 @@
-"""Which implementation runs each op.
+"""Which implementation runs each op: the one table, the choice, and the call.
 
 ``LORENZA_BACKEND`` selects it for every op:
 
 - ``auto`` (default): Triton for tensors on a CUDA device when the op has a Triton kernel and Triton
-  imports; else the compiled ``lorenza._C`` op when it is built for that device; else the PyTorch
-  reference. The first fallback of each op is announced once with a warning that says why.
+  imports; else the compiled ``lorenza._C`` implementation when it is built for that device; else
+  the PyTorch reference. The first fallback of each op is announced once with a warning that says
+  why.
 - ``torch``: always the PyTorch reference.
-- ``cuda`` (alias ``cpp``): the compiled ``lorenza._C`` ops (C++ for CPU tensors, CUDA for GPU).
+- ``cuda`` (alias ``cpp``): the compiled ``lorenza._C`` implementations (C++ for CPU tensors, CUDA
+  for GPU).
 - ``triton``: the Triton kernels; on CPU tensors only with ``TRITON_INTERPRET=1``.
 
-An explicit choice that cannot be honoured raises :class:`BackendUnavailable` saying why.
-Nothing here imports Triton or initialises CUDA until an op is actually resolved.
+An explicit choice that cannot be honoured raises :class:`BackendUnavailable` saying why; an op
+that has no implementation on the chosen backend resolves as under ``auto``. Nothing here imports
+Triton or initialises CUDA until an op is actually resolved.
 """
 import functools
 import importlib
@@ -23,12 +26,25 @@ import torch
 CHOICES = ("auto", "torch", "cuda", "cpp", "triton")
 TORCH, EXT, TRITON = "torch", "ext", "triton"
 
-# The implementations each op has besides the PyTorch reference.
+# op -> {backend: "module:function"}. Every op has its PyTorch implementation; the modules are
+# imported when the op first runs there. "ext" is lorenza._C (ext.py). The perturbations' PyTorch
+# implementation is the reference's loop fed by the noise op (perturb.py), so it makes its noise
+# with lorenza._C where the noise op runs there, and is the pure reference under
+# LORENZA_BACKEND=torch.
 OPS = {
-    "rsvd": (EXT,),
-    "noise": (EXT, TRITON),  # filling a tensor with a noise stream
-    "perturb": (TRITON,),  # adding noise to a weight in place: Gaussian, U V^T, lift(Z)
-    "projected_adam": (TRITON,),  # the Adam steps of LowRankAdamW and Lorenza, projected and plain
+    "rsvd": {EXT: "lorenza.ops.ext:rsvd", TORCH: "lorenza.reference.rsvd:rsvd"},
+    "noise": {TRITON: "lorenza.kernels.philox:normal_", EXT: "lorenza.ops.ext:normal_",
+              TORCH: "lorenza.reference.philox:normal_"},
+    "gaussian_add": {TRITON: "lorenza.kernels.perturb:gaussian_add_",
+                     TORCH: "lorenza.ops.perturb:pytorch_gaussian_add_"},
+    "low_rank_add": {TRITON: "lorenza.kernels.perturb:low_rank_add_",
+                     TORCH: "lorenza.ops.perturb:pytorch_low_rank_add_"},
+    "subspace_add": {TRITON: "lorenza.kernels.perturb:subspace_add_",
+                     TORCH: "lorenza.ops.perturb:pytorch_subspace_add_"},
+    "projected_adam": {TRITON: "lorenza.kernels.projected_adam:projected_adam_",
+                       TORCH: "lorenza.reference.adam:projected_adam_"},
+    "adam": {TRITON: "lorenza.kernels.projected_adam:adam_",
+             TORCH: "lorenza.reference.multi_tensor_adam:adam_"},
 }
 
 
@@ -52,8 +68,7 @@ def _load_ext():
         module = importlib.import_module("lorenza._C")
     except ImportError as err:
         return None, f"lorenza._C is not built ({err})"
-    from . import _fake  # noqa: F401  registers the fake kernels of the ops _C defines
-
+    importlib.import_module("lorenza.ops.ext")  # registers the fake kernels of the ops _C defines
     return module, None
 
 
@@ -136,7 +151,18 @@ def resolve(op: str, device) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _warn_fallback(op: str, device_type: str, reason: str):
-    warnings.warn(f"lorenza: {op} on {device_type} uses the PyTorch reference: {reason}", stacklevel=3)
+    warnings.warn(f"lorenza: {op} on {device_type} uses the PyTorch reference: {reason}", stacklevel=4)
+
+
+def implementation(op: str, backend: str):
+    """The function that runs ``op`` on ``backend`` (looked up at each call, so a test may wrap it)."""
+    module, name = OPS[op][backend].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def call(op: str, device, *args, **kwargs):
+    """Run ``op`` on the backend chosen for tensors on ``device``."""
+    return implementation(op, resolve(op, device))(*args, **kwargs)
 
 
 def report() -> list:

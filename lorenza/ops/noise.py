@@ -1,0 +1,50 @@
+"""Op ``noise``: a stretch of a seeded Gaussian stream into a float32 tensor, and what the optimizers
+build from it (a tensor of noise, weighted sums of streams) with the chosen backend's noise."""
+import torch
+
+from ..reference import noise as composed
+from . import backend
+
+
+def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
+    """Fill a contiguous float32 tensor with elements ``start, start + 1, ...`` of stream ``key``."""
+    if out.dtype != torch.float32 or not out.is_contiguous():
+        raise TypeError(f"normal_ fills a contiguous float32 tensor, got {out.dtype} "
+                        f"{'contiguous' if out.is_contiguous() else 'non-contiguous'}")
+    backend.call("noise", out.device, out, key, start)
+    return out
+
+
+def randn(shape, key: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """A tensor of the given shape holding the first elements of stream ``key``."""
+    return composed.randn(shape, key, device=device, dtype=dtype, fill=normal_)
+
+
+def nonzero_terms(coeffs, keys):
+    """``(coeffs, keys)`` as lists, without the terms whose coefficient is 0."""
+    coeffs = [float(c) for c in coeffs] if isinstance(coeffs, (list, tuple)) else [float(coeffs)]
+    keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
+    if len(coeffs) != len(keys):
+        raise ValueError(f"got {len(coeffs)} coefficients for {len(keys)} noise streams")
+    kept = [(c, k) for c, k in zip(coeffs, keys) if c != 0.0]  # a zero term costs a whole stream
+    return [c for c, _ in kept], [k for _, k in kept]
+
+
+def chunks(numel: int, coeffs, keys, device=None):
+    """Yield ``(start, values)`` with ``values = sum_j coeffs[j] * z_j`` over consecutive chunks of the
+    first ``numel`` elements (nothing when every coefficient is 0); ``values`` is a float32 buffer
+    reused from one chunk to the next."""
+    yield from composed.chunks(numel, *nonzero_terms(coeffs, keys), device, fill=normal_)
+
+
+def combination(shape, coeffs, keys, device=None, dtype=torch.float32):
+    """``sum_j coeffs[j] * z_j`` shaped ``shape``, in ``dtype``; None when every coefficient is 0."""
+    return composed.combination(shape, *nonzero_terms(coeffs, keys), device, dtype, fill=normal_)
+
+
+def norm_sq(numel: int, coeffs, keys, device=None) -> torch.Tensor:
+    """``||sum_j coeffs[j] * z_j||^2`` over the first ``numel`` elements, as a float64 scalar tensor."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for _, values in chunks(numel, coeffs, keys, device):
+        total += values.double().square().sum()
+    return total

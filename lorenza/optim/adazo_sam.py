@@ -1,0 +1,20 @@
+"""AdaZo-SAM: full-rank Adam with a zeroth-order SAM ascent (docs/algorithms.md, section 2)."""
+from .sam import ZerothOrderSAM
+
+
+class AdaZoSAM(ZerothOrderSAM):
+    """Adam whose gradient is taken at a SAM ascent point estimated from forward passes, with full
+    Gaussian probes on every parameter and no projection (:class:`~lorenza.Lorenza` is its low-rank
+    version). The step's contract (closure, failures) is
+    :class:`~lorenza.optim.sam.ZerothOrderSAM`'s."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rho=0.05,
+                 zo_eps=1e-3, zo_queries=1, seed=None):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, seed=seed,
+                                      rho=rho, zo_eps=zo_eps, zo_queries=zo_queries, residual=False))
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        if group["rank"] is not None:
+            raise ValueError("AdaZoSAM is full-rank: a group's rank must be None (Lorenza is the "
+                             "low-rank version)")

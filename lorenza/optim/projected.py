@@ -1,0 +1,151 @@
+"""What every projected optimizer shares (docs/algorithms.md, sections 1 and 7): the projection keys
+of its param groups and GaLore's aliases, which parameters are projected, their basis and its
+refresh schedule, and the state a step creates. Each optimizer adds its own update (``_update``)."""
+import torch
+
+from .. import projector as proj
+from ..random import Stream, stream_key
+from . import _checks
+from .base import LorenzaOptimizer
+
+# GaLore's group keys, accepted as they are.
+ALIASES = {"update_proj_gap": "update_gap"}
+
+# The projection keys of a group where an optimizer's defaults leave them out (AdaZoSAM projects
+# nothing, but its groups take the same keys).
+PROJECTION_DEFAULTS = dict(rank=None, update_gap=200, scale=0.25, projector="rsvd", proj_type="std",
+                           stagger=False, granularity=1)
+
+
+class ProjectedOptimizer(LorenzaOptimizer):
+    """Param groups with ``rank``, ``update_gap``, ``scale``, ``projector``, ``proj_type``, ``stagger`` and
+    ``granularity``; a parameter is projected when it is 2-D, its group's ``rank`` is set and below the
+    smaller side of its projected view.
+
+    If any group given names ``rank``, groups that don't are left unprojected, so a GaLore user's
+    param groups mean what they meant there. ``step()`` runs ``closure`` (if given) and then the
+    update of every parameter with something to apply.
+    """
+
+    def __init__(self, params, defaults: dict):
+        params = list(params)
+        self._rank_only_where_named = any(isinstance(g, dict) and "rank" in g for g in params)
+        super().__init__(params, {**PROJECTION_DEFAULTS, **defaults})
+
+    def add_param_group(self, param_group: dict) -> None:
+        param_group = dict(param_group)
+        for alias, key in ALIASES.items():
+            if alias in param_group:
+                param_group.setdefault(key, param_group.pop(alias))
+        if getattr(self, "_rank_only_where_named", False):
+            param_group.setdefault("rank", None)
+        super().add_param_group(param_group)
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        _checks.betas(group["betas"])
+        _checks.non_negative("epsilon", group["eps"])
+        _checks.non_negative("weight_decay", group["weight_decay"])
+        _checks.optional_rank(group["rank"])
+        _checks.int_at_least("update_gap", group["update_gap"], 1)
+        _checks.non_negative("scale", group["scale"])
+        _checks.one_of("projector", group["projector"], proj.KINDS)
+        _checks.one_of("proj_type", group["proj_type"], proj.PROJ_TYPES)
+        _checks.int_at_least("granularity", group["granularity"], 1)
+        if group["rank"] is not None:
+            for param in group["params"]:
+                if param.dim() == 2 and group["rank"] < min(param.shape):  # a weight meant to be projected
+                    proj.check_granularity(param.shape, proj.side_for(param.shape, group["proj_type"]),
+                                           group["granularity"])
+
+    # -- projection ---------------------------------------------------------------------------
+
+    @staticmethod
+    def is_projected(param: torch.Tensor, group: dict) -> bool:
+        rank = group["rank"]
+        if rank is None or param.dim() != 2:
+            return False
+        side = proj.side_for(param.shape, group["proj_type"])
+        return rank < min(proj.folded_shape(param.shape, side, group["granularity"]))
+
+    def index_projected(self) -> None:
+        """Number the projected parameters 0, 1, ...: ``stagger`` spreads refreshes by this index."""
+        self._projected_index = {}
+        for group, param, _ in self.params_with_ids():
+            if self.is_projected(param, group):
+                self._projected_index[id(param)] = len(self._projected_index)
+
+    def _refresh_offset(self, param, group: dict) -> int:
+        return self._projected_index[id(param)] % group["update_gap"] if group["stagger"] else 0
+
+    def projection(self, param, group, tensor_id, grad=None, *, this_step=None):
+        """The parameter's :class:`~lorenza.projector.Projection`, or None when unprojected.
+
+        ``this_step`` (default: whether ``grad`` is given) asks for the basis of the step about to
+        be taken: a refresh due then (or a missing basis) is computed from ``grad``, which only a
+        Gaussian basis does without; the caller stores it. Otherwise the basis the previous step
+        used is returned, None if there was none. Nothing is written to the state here.
+        """
+        if not self.is_projected(param, group):
+            return None
+        state = self.state[param]
+        step = int(state["step"]) if "step" in state else 0
+        if this_step is None:
+            this_step = grad is not None
+        if not this_step:
+            if step == 0:
+                return None
+            step -= 1  # the basis the previous step used
+        kind, gap = group["projector"], group["update_gap"]
+        side = proj.side_for(param.shape, group["proj_type"])
+        refresh = proj.last_refresh(step, gap, self._refresh_offset(param, group))
+        seed = stream_key(group["seed"], Stream.BASIS, tensor_id, refresh)
+        c = group["granularity"]
+        if kind == "random":  # regenerated, never stored
+            basis = proj.compute_basis(param, group["rank"], side, kind, seed, c)
+        elif grad is not None and (refresh == step or "basis" not in state):
+            basis = proj.compute_basis(grad, group["rank"], side, kind, seed, c)
+        else:
+            basis = state["basis"]
+        return proj.Projection(basis, side, kind, param.shape, c)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _moments(self, param, shapes: dict):
+        """The parameter's state with this step counted and the zero moments ``{key: shape}`` it
+        lacks created (float32, float64 for float64 weights)."""
+        state = self.state[param]
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        for key, shape in shapes.items():
+            if key not in state:
+                state[key] = torch.zeros(shape, dtype=proj.work_dtype(param.dtype), device=param.device)
+        state["step"] += 1
+        return state
+
+    def _check_state(self, param, shape) -> None:
+        moment = self.state[param].get("exp_avg")
+        if moment is not None and tuple(moment.shape) != tuple(shape):
+            raise ValueError(f"{type(self).__name__}: a parameter of shape {tuple(param.shape)} has moments "
+                             f"of shape {tuple(moment.shape)} but its group now asks for {tuple(shape)} "
+                             "(rank, proj_type or projector changed after it was stepped)")
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def _pending(self, param) -> bool:
+        """Whether the parameter has something to apply at this step."""
+        return param.grad is not None
+
+    def _update(self, entries) -> None:
+        """The update of every ``(group, param, tensor_id)`` in ``entries``: each optimizer's own."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimizer step from the gradients in ``.grad``; ``closure`` may recompute them."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._update([(group, p, i) for group, p, i in self.params_with_ids() if self._pending(p)])
+        return loss

@@ -1,0 +1,60 @@
+"""GaLore's Adam update over a projected optimizer's parameters (docs/algorithms.md, section 1): the
+update of ``LowRankAdamW``, and of ``Lorenza`` and ``AdaZoSAM`` once they have their SAM gradient."""
+import math
+from collections import defaultdict
+
+from .. import ops
+from .projected import ProjectedOptimizer
+
+
+def adam_hyper(group: dict, t: int) -> dict:
+    """The numbers of Adam step ``t`` (1-based): betas, eps, bias-corrected step size, decay."""
+    beta1, beta2 = group["betas"]
+    lr = group["lr"]
+    return dict(beta1=beta1, beta2=beta2, eps=group["eps"],
+                step_size=lr * math.sqrt(1 - beta2**t) / (1 - beta1**t), decay=lr * group["weight_decay"])
+
+
+class ProjectedAdam(ProjectedOptimizer):
+    """A projected optimizer whose update is Adam: in the subspace for projected parameters, plain for
+    the others."""
+
+    def _update(self, entries) -> None:
+        """The Adam step of every ``(group, param, tensor_id)`` from its ``.grad``.
+
+        Two phases, so that an error leaves weights and state untouched: first every check and
+        every basis refresh (which can fail, e.g. an SVD of a NaN gradient), then the updates.
+        Projected parameters go one by one through the subspace; the others are batched into
+        multi-tensor calls per group and step count.
+        """
+        self.index_projected()
+        projected, plain = [], []
+        for group, param, tensor_id in entries:
+            self.check_grad(param, param.grad, type(self).__name__)
+            projection = self.projection(param, group, tensor_id, grad=param.grad)
+            if projection is not None and projection.granularity > 1 and not param.is_contiguous():
+                raise ValueError(f"granularity > 1 needs contiguous parameters; one of shape "
+                                 f"{tuple(param.shape)} is not (call .contiguous() on it)")
+            shape = projection.subspace_shape() if projection else param.shape
+            self._check_state(param, shape)
+            if projection is None:
+                plain.append((group, param))
+            else:
+                projected.append((group, param, projection))
+        for group, param, projection in projected:
+            shape = projection.subspace_shape()
+            state = self._moments(param, {"exp_avg": shape, "exp_avg_sq": shape})
+            if group["projector"] != "random":
+                state["basis"] = projection.basis
+            t = int(state["step"])
+            ops.projected_adam_(param, param.grad, state["exp_avg"], state["exp_avg_sq"], projection,
+                                scale=group["scale"], residual=group.get("residual", False),
+                                **adam_hyper(group, t))
+        batches = defaultdict(list)
+        for group, param in plain:
+            state = self._moments(param, {"exp_avg": param.shape, "exp_avg_sq": param.shape})
+            batches[(id(group), int(state["step"]))].append((group, param))
+        for (_, t), members in batches.items():
+            group, params = members[0][0], [p for _, p in members]
+            ops.adam_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
+                      [self.state[p]["exp_avg_sq"] for p in params], **adam_hyper(group, t))

@@ -1,0 +1,42 @@
+"""What is built from a noise stream: a tensor of it, weighted sums of streams chunk by chunk, and
+a weighted sum shaped like a tensor.
+
+``fill(out, key, start)`` makes the noise: elements ``start ..`` of stream ``key`` into a contiguous
+float32 ``out``. It defaults to this package's Philox; the op layer passes a faster backend's fill,
+whose values are the same to a few ulp.
+"""
+import torch
+
+from . import philox
+
+
+def randn(shape, key: int, device=None, dtype=torch.float32, fill=philox.normal_) -> torch.Tensor:
+    """A tensor of ``shape`` holding the first elements of stream ``key`` (made in float32)."""
+    out = fill(torch.empty(shape, dtype=torch.float32, device=device), key, 0)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
+def chunks(numel: int, coeffs, keys, device=None, fill=philox.normal_):
+    """Yield ``(start, values)`` with ``values = sum_j coeffs[j] * z_{keys[j]}`` over consecutive chunks
+    of the first ``numel`` elements, in float32; ``values`` is a buffer reused from one chunk to the
+    next, so nothing tensor-sized is allocated. Nothing is yielded for an empty list of streams."""
+    if not keys:
+        return
+    size = max(1, min(numel, philox.CHUNK))
+    acc = torch.empty(size, dtype=torch.float32, device=device)
+    tmp = torch.empty(size, dtype=torch.float32, device=device) if len(keys) > 1 else None
+    for start in range(0, numel, size):
+        count = min(size, numel - start)
+        out = fill(acc[:count], keys[0], start).mul_(coeffs[0])
+        for coeff, key in zip(coeffs[1:], keys[1:]):
+            out.add_(fill(tmp[:count], key, start), alpha=coeff)
+        yield start, out
+
+
+def combination(shape, coeffs, keys, device=None, dtype=torch.float32, fill=philox.normal_):
+    """``sum_j coeffs[j] * z_{keys[j]}`` shaped ``shape``, in ``dtype``; None for no stream."""
+    total = None
+    for coeff, key in zip(coeffs, keys):
+        term = randn(shape, key, device=device, dtype=dtype, fill=fill).mul_(coeff)
+        total = term if total is None else total.add_(term)
+    return total

@@ -1,0 +1,83 @@
+"""The package's layers (docs/design.md): ``kernels/`` and ``reference/`` import nothing above
+themselves, and the optimizers reach an implementation only through the op layer."""
+import ast
+import importlib
+import pathlib
+import sys
+
+import pytest
+from conftest import requires_triton
+
+import lorenza
+
+PACKAGE = pathlib.Path(lorenza.__file__).parent
+THIRD_PARTY = {"reference": {"torch"}, "kernels": {"torch", "triton"}}
+LORENZA_ALLOWED = {"reference": ("lorenza.reference",), "kernels": ("lorenza.kernels", "lorenza.reference")}
+PAST_THE_OP_LAYER = ("lorenza.kernels", "lorenza.reference", "lorenza.ops.backend", "lorenza._C",
+                     "lorenza.backend")
+
+
+def modules_of(folder: str) -> list:
+    return sorted((PACKAGE / folder).glob("*.py"))
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = ("lorenza",) + path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: pathlib.Path) -> set:
+    """Every module (or module attribute) a file imports, relative imports made absolute."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_inspection_sees_relative_imports():
+    """The helper below every assertion here: a relative import into a layer above is seen."""
+    names = imported(PACKAGE / "optim" / "lozo.py")
+    assert "lorenza.ops" in names and "lorenza.projector.work_dtype" in names
+
+
+@pytest.mark.parametrize("layer", ["reference", "kernels"])
+def test_bottom_layers_import_nothing_above_themselves(layer):
+    if layer == "kernels":
+        pytest.importorskip("triton")
+    paths = modules_of(layer)
+    assert paths
+    for path in paths:
+        importlib.import_module(module_name(path))
+        for name in imported(path):
+            top = name.split(".")[0]
+            if top == "lorenza":
+                assert name.startswith(LORENZA_ALLOWED[layer]), f"{path.name} imports {name}"
+            else:
+                assert top in THIRD_PARTY[layer] or top in sys.stdlib_module_names, \
+                    f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("path", modules_of("optim"), ids=lambda p: p.name)
+def test_optimizers_reach_implementations_only_through_the_op_layer(path):
+    importlib.import_module(module_name(path))
+    for name in imported(path):
+        assert not name.startswith(PAST_THE_OP_LAYER), f"{path.name} imports {name}"
+
+
+@requires_triton
+def test_the_op_table_names_functions_that_exist():
+    from lorenza.ops import backend
+    for op, implementations in backend.OPS.items():
+        assert backend.TORCH in implementations, op
+        for name in implementations:
+            if name != backend.EXT or backend.ext() is not None:
+                assert callable(backend.implementation(op, name)), (op, name)

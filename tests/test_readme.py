@@ -1,0 +1,23 @@
+"""What the README quotes is the kept output of a run of the code (bench/results/), and what it links
+exists."""
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+RESULTS = ROOT / "bench" / "results"
+QUOTED_RUNS = ["main_job-cpu-2core-*.txt", "finetune_minilm-cpu-2core-*.txt", "cpu-2core-*.txt"]
+
+
+@pytest.mark.parametrize("pattern", QUOTED_RUNS)
+def test_the_readme_quotes_the_latest_kept_run_whole(pattern):
+    kept = max(RESULTS.glob(pattern))
+    assert f"```\n{kept.read_text().strip()}\n```" in README, f"the README does not quote {kept.name} whole"
+
+
+def test_every_file_the_readme_names_exists():
+    named = set(re.findall(r"\b((?:bench|docs|examples|lorenza|tests|csrc)/[\w./-]+\.\w+)", README))
+    missing = [path for path in named if not (ROOT / path).exists()]
+    assert named and not missing, missing
