@@ -16,7 +16,6 @@ def rsvd(A, rank, oversample, power_iters, key, allow_tf32=False):
     return torch.ops.lorenza.rsvd(A, rank, oversample, power_iters, key, allow_tf32)
 
 
-
 @torch.library.register_fake("lorenza::rsvd")
 def _rsvd_fake(A, rank, oversample, power_iters, key, allow_tf32=False):
     dtype = compute_dtype(A.dtype)
