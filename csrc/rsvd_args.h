@@ -1,12 +1,14 @@
 // What every lorenza::rsvd kernel checks and shares: argument validation, the computation dtype
-// (the package's one precision rule: float32, float64 for float64 input), the sketch width and
-// the unit roundoff of the computation dtype.
+// (the package's one precision rule: float32, float64 for float64 input), the sketch width, the
+// unit roundoff of the computation dtype and the sign rule of the output triplets (ATen tensor
+// methods only, so that the C++ and the CUDA kernels both compile it).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 namespace lorenza {
 
@@ -34,6 +36,16 @@ inline int64_t sketch_width(int64_t rank, int64_t oversample, int64_t m, int64_t
 
 inline double unit_roundoff(at::ScalarType dtype) {
   return dtype == at::kDouble ? 1.1102230246251565e-16 : 5.9604644775390625e-08;
+}
+
+// The sign rule (docs/algorithms.md, section 6; lorenza.reference.rsvd.sign_fixed): column i of U
+// (..., m, r) and row i of Vh (..., r, n) are negated together wherever the entry of largest
+// absolute value in that column of U (the first one on a tie, as argmax picks) is negative. A zero
+// column keeps its sign. U diag(S) Vh is unchanged; no value is read back to the host.
+inline std::pair<at::Tensor, at::Tensor> sign_fixed(const at::Tensor& U, const at::Tensor& Vh) {
+  const at::Tensor peak = U.gather(-2, U.abs().argmax(-2, /*keepdim=*/true));  // (..., 1, r)
+  const at::Tensor signs = peak.lt(0).to(U.scalar_type()).mul(-2).add(1);     // -1 or +1
+  return {U.mul(signs), Vh.mul(signs.mT())};
 }
 
 }  // namespace lorenza

@@ -3,6 +3,7 @@
 //   Omega = philox normals (..., n, k), element (b, i, j) at stream index (b n + i) k + j
 //   Q = orth(A Omega); power_iters times: Q = orth(A^T Q); Q = orth(A Q)
 //   B = Q^T A; Ub S Vh = svd(B); U = Q Ub; keep the leading `rank` triplets.
+//   signs: column i of U and row i of Vh flipped so that U's largest-|.| entry is > 0 (rsvd_args.h)
 // The SVD of B is taken through B^T = A^T Q = Qb Rb (the same orth) and the k x k SVD of Rb.
 // Outputs are in the computation dtype (float64 for float64 A, else float32), row-major.
 //
@@ -208,8 +209,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rsvd_cpu(const at::Tensor& A_in, 
   const at::Tensor Bt = at::matmul(A.mT(), Q);  // (..., n, k)
   const QR qr = orth(Bt, /*want_r=*/true);
   auto [Ur, S, Vrh] = at::linalg_svd(qr.R, /*full_matrices=*/false);
-  at::Tensor U = at::matmul(Q, Vrh.narrow(-2, 0, rank).mT());
-  at::Tensor Vh = at::matmul(Ur.narrow(-1, 0, rank).mT(), qr.Q.mT());
+  auto [U, Vh] = sign_fixed(at::matmul(Q, Vrh.narrow(-2, 0, rank).mT()),
+                            at::matmul(Ur.narrow(-1, 0, rank).mT(), qr.Q.mT()));
   return {U.contiguous(), S.narrow(-1, 0, rank).contiguous(), Vh.contiguous()};
 }
 

@@ -3,6 +3,7 @@
 //   Omega: philox normals made on the device (noise_cuda.cu), the same stream as the CPU op
 //   Q = orth(A Omega); power_iters times: Q = orth(A^T Q); Q = orth(A Q)
 //   B^T = A^T Q; the small SVD through the eigen-decomposition of B B^T = (B^T)^T B^T (k x k)
+//   signs: column i of U and row i of Vh flipped so that U's largest-|.| entry is > 0 (rsvd_args.h)
 //
 // orth is CholeskyQR2 with a Householder QR fallback, chosen per matrix on the device: both are
 // computed and `where` keeps the fallback only where a Cholesky failed, R1's diagonal shows a
@@ -87,10 +88,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rsvd_cuda(const at::Tensor& A_in,
   auto [eigenvalues, eigenvectors] = at::linalg_eigh(at::matmul(Bt.mT(), Bt));  // ascending
   const at::Tensor W = eigenvectors.narrow(-1, k - rank, rank).flip(-1);       // leading first
   const at::Tensor S = eigenvalues.narrow(-1, k - rank, rank).flip(-1).clamp_min(0).sqrt();
-  const at::Tensor U = at::matmul(Q, W);
   // V = B^T W / S; a zero singular value gives a zero row of Vh rather than a NaN
   const at::Tensor inverse = at::where(S.gt(0), S.reciprocal(), at::zeros_like(S));
-  const at::Tensor Vh = (at::matmul(Bt, W) * inverse.unsqueeze(-2)).mT();
+  const at::Tensor V = at::matmul(Bt, W) * inverse.unsqueeze(-2);
+  auto [U, Vh] = sign_fixed(at::matmul(Q, W), V.mT());
   return {U.contiguous(), S.contiguous(), Vh.contiguous()};
 }
 
