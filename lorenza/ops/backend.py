@@ -5,11 +5,15 @@
 - ``auto`` (default): Triton for tensors on a CUDA device when the op has a Triton kernel and Triton
   imports; else the compiled ``lorenza._C`` implementation when it is built for that device; else
   the PyTorch reference. The first fallback of each op is announced once with a warning that says
-  why.
+  why. A Triton kernel that fails to compile, load or launch (a Triton error or a RuntimeError; not
+  an argument error) is not the end of the run: the tensors the op writes are put back as they
+  were, the op runs on the PyTorch reference, and from then on that op on that device type goes
+  straight there, announced once (``fallback.py``).
 - ``torch``: always the PyTorch reference.
 - ``cuda`` (alias ``cpp``): the compiled ``lorenza._C`` implementations (C++ for CPU tensors, CUDA
   for GPU).
-- ``triton``: the Triton kernels; on CPU tensors only with ``TRITON_INTERPRET=1``.
+- ``triton``: the Triton kernels; on CPU tensors only with ``TRITON_INTERPRET=1``. A kernel that
+  fails to compile or launch raises its error: nothing falls back.
 
 An explicit choice that cannot be honoured raises :class:`BackendUnavailable` saying why; an op
 that has no implementation on the chosen backend resolves as under ``auto``. Nothing here imports
@@ -22,6 +26,8 @@ import os
 import warnings
 
 import torch
+
+from . import fallback
 
 CHOICES = ("auto", "torch", "cuda", "cpp", "triton")
 TORCH, EXT, TRITON = "torch", "ext", "triton"
@@ -46,6 +52,11 @@ OPS = {
     "adam": {TRITON: "lorenza.kernels.projected_adam:adam_",
              TORCH: "lorenza.reference.multi_tensor_adam:adam_"},
 }
+
+# op -> the positional arguments its implementations write in place (a tensor, or a list of
+# tensors), which fallback.py saves before a Triton kernel first runs for a configuration.
+WRITES = {"rsvd": (), "noise": (0,), "gaussian_add": (0,), "low_rank_add": (0,), "subspace_add": (0,),
+          "projected_adam": (0, 2, 3), "adam": (0, 2, 3)}
 
 
 class BackendUnavailable(RuntimeError):
@@ -128,6 +139,9 @@ def explain(op: str, device) -> tuple:
     choice = _explicit(op)
     if choice is not None:
         return choice, _why_not(choice, op, device) or f"LORENZA_BACKEND={choice}"
+    failed = fallback.failure(op, device.type)
+    if failed is not None:  # its Triton kernel failed here before: no retry
+        return TORCH, failed
     skipped = []
     for backend in _auto_candidates(op, device):
         reason = _why_not(backend, op, device)
@@ -161,8 +175,18 @@ def implementation(op: str, backend: str):
 
 
 def call(op: str, device, *args, **kwargs):
-    """Run ``op`` on the backend chosen for tensors on ``device``."""
-    return implementation(op, resolve(op, device))(*args, **kwargs)
+    """Run ``op`` on the backend chosen for tensors on ``device``; under ``auto``, a Triton kernel that
+    fails is undone and the op runs on the PyTorch reference (fallback.py)."""
+    device = torch.device(device)
+    backend = resolve(op, device)
+    run = implementation(op, backend)
+    if backend != TRITON or _explicit(op) is not None:
+        return run(*args, **kwargs)
+    result = fallback.attempt(op, device, run, WRITES[op], args, kwargs)
+    if result is not fallback.FAILED:
+        return result
+    _warn_fallback(op, device.type, fallback.failure(op, device.type))  # resolve repeats it: cached
+    return implementation(op, TORCH)(*args, **kwargs)
 
 
 def report() -> list:

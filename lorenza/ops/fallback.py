@@ -1,0 +1,153 @@
+"""A Triton kernel that fails on the user's GPU under ``LORENZA_BACKEND=auto``: what it wrote is put
+back, the op runs on PyTorch instead, and from then on that op on that device type goes straight to
+PyTorch (docs/design.md, "The op layer").
+
+A failure is a Triton error (compilation, ptxas, shared memory or registers) or a RuntimeError (a
+driver error at load or launch); an argument error (ValueError, TypeError) or running out of memory
+is not, and propagates. Until a kernel has run once for a configuration (what decides which Triton
+specializations it compiles, :func:`configuration`), the tensors the op writes in place
+(``backend.WRITES``) are copied to host memory before the call: an op may launch several kernels, and one that fails
+to compile after another wrote the moments must not leave them half-updated. After that first run
+nothing is copied: a specialization that compiled and launched once does not fail later.
+"""
+import os
+import traceback
+
+import torch
+
+FAILED = object()  # what attempt returns once a failure is caught, recorded and undone
+
+_failed = {}  # (op, device type) -> why its Triton kernel is no longer tried
+_launched = set()  # (op, configuration) that ran once on Triton: no copies any more
+
+
+def failure(op: str, device_type: str):
+    """Why ``op`` on ``device_type`` tensors no longer runs its Triton kernel, or None."""
+    return _failed.get((op, device_type))
+
+
+def reset() -> None:
+    """Forget every failure and every successful configuration (tests)."""
+    _failed.clear()
+    _launched.clear()
+
+
+def attempt(op: str, device: torch.device, kernel, written, args, kwargs):
+    """``kernel(*args, **kwargs)``, the Triton implementation of ``op`` that ``auto`` chose; the
+    arguments at the positions ``written`` (tensors, or lists of tensors) are saved first unless
+    this configuration ran before. On a kernel failure they are put back, the failure is recorded
+    and :data:`FAILED` returned; any other exception propagates, the tensors put back. A failure
+    with nothing to put back (the configuration ran before, or the copies did not fit in memory)
+    propagates too: the op's tensors may be half-written, so no other backend may continue."""
+    if torch.compiler.is_compiling():  # traced, not launched: there is nothing to guard
+        return kernel(*args, **kwargs)
+    key = (op, configuration(args, kwargs))
+    saved = None if key in _launched else save(args, written)
+    try:
+        result = kernel(*args, **kwargs)
+    except Exception as error:
+        if saved is None:
+            raise
+        restore(saved)
+        if not is_failure(error):
+            raise
+        _failed[(op, device.type)] = describe(error, device, kernel)
+        return FAILED
+    _launched.add(key)
+    return result
+
+
+def is_failure(error: Exception) -> bool:
+    """A kernel that did not compile, load or launch: Triton's errors and RuntimeError, but neither an
+    argument error (ValueError, TypeError) nor running out of memory (PyTorch would too)."""
+    if isinstance(error, (ValueError, TypeError, torch.cuda.OutOfMemoryError)):
+        return False
+    return isinstance(error, (RuntimeError, *_triton_errors()))
+
+
+def _triton_errors() -> tuple:
+    try:
+        from triton.errors import TritonError  # the base of CompilationError, OutOfResources, PTXASError
+        return (TritonError,)
+    except ImportError:  # an older Triton, without the common base
+        from triton.compiler.errors import CompilationError
+        from triton.runtime.errors import OutOfResources
+        return (CompilationError, OutOfResources)
+
+
+def configuration(args, kwargs) -> tuple:
+    """What decides the Triton specializations a call compiles, per argument (:func:`_key`), and the
+    fp32 matmul precision (the kernels' ``tl.dot`` precision follows it)."""
+    named = tuple((name, _key(kwargs[name])) for name in sorted(kwargs))
+    return tuple(_key(value) for value in args), named, torch.get_float32_matmul_precision()
+
+
+def _key(value):
+    """A tensor's dtype, device, shape, strides and 16-byte alignment; a sequence's length and the keys
+    of its tensors; an int's ``== 1``, residue mod 16 and width (Triton's i32, i64); a bool's,
+    string's or None's value; nothing of a float."""
+    if isinstance(value, torch.Tensor):
+        return (value.dtype, value.device, tuple(value.shape), value.stride(), value.data_ptr() % 16 == 0)
+    if isinstance(value, (list, tuple)):
+        return (len(value), tuple(_key(member) for member in value if isinstance(member, torch.Tensor)))
+    if isinstance(value, (bool, str, type(None))):
+        return value
+    if isinstance(value, int):
+        return (value == 1, value % 16, -2**31 <= value < 2**31, -2**63 <= value < 2**63)
+    if isinstance(value, float):
+        return None
+    return repr(value)  # nothing else reaches the kernels today: its value, to be safe
+
+
+def save(args, written):
+    """``[(tensor, copy)]`` for the tensors at the positions ``written`` of ``args``, the copies in
+    host memory (a first step must not need more GPU memory than the others), or None when they do
+    not fit (the kernel then runs unguarded)."""
+    tensors = [t for i in written for t in (args[i] if isinstance(args[i], (list, tuple)) else [args[i]])]
+    try:
+        return [(tensor, tensor.detach().to("cpu", copy=True)) for tensor in tensors]
+    except RuntimeError:  # the host's allocator is out of memory
+        return None
+
+
+@torch.no_grad()
+def restore(saved) -> None:
+    for tensor, copy in saved:
+        tensor.copy_(copy)
+
+
+def describe(error: Exception, device: torch.device, kernel) -> str:
+    """The kernel, the GPU and the error, for the warning and for ``backend.explain``."""
+    return (f"fell back after the Triton kernel {_kernel_name(error, kernel)} failed on "
+            f"{_device_name(device)} ({type(error).__name__}: {_first_line(error)})")
+
+
+def _kernel_name(error: Exception, kernel) -> str:
+    """The ``@triton.jit`` function compiled or launched when ``error`` was raised (the innermost
+    ``run`` or ``_do_compile`` frame of a Triton kernel object), else the implementation's name."""
+    from triton.runtime.jit import KernelInterface
+
+    name = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        owner = frame.f_locals.get("self")
+        if frame.f_code.co_name in ("run", "_do_compile") and isinstance(owner, KernelInterface):
+            name = getattr(getattr(owner, "fn", None), "__name__", None) or getattr(owner, "__name__", name)
+    return name or f"{kernel.__module__}.{getattr(kernel, '__qualname__', kernel)}"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        try:
+            return torch.cuda.get_device_name(device)
+        except RuntimeError:  # a driver broken enough to fail the kernel may fail this too
+            return str(device)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return f"{device.type} (Triton interpreter)"
+    return str(device)
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of the error's message (a CompilationError's own message, not its source)."""
+    message = getattr(error, "error_message", None)
+    text = message if isinstance(message, str) and message.strip() else str(error)
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
