@@ -1,10 +1,11 @@
-"""``python -m bench [--quick] [--device cpu|cuda] [--model 60m|130m|350m|1b] [--out DIR]``
+"""``python -m bench [--quick] [--device cpu|cuda] [--model 60m|130m|350m|1b|7b] [--out DIR]``
 
 Runs the rSVD, optimizer-step, ProjFactor, zeroth-order and (on CUDA) Triton-kernel benchmarks,
-each figure beside its baseline measured in the same run; prints the tables, then writes them
-with the machine, versions and date to ``DIR/<machine>-<date>.json`` and ``.csv``, and plots
-(time vs shape, memory per optimizer) to ``.png``. ``DIR`` is ``runs/bench`` (ignored by git)
-unless ``--out`` says otherwise.
+each figure beside its baseline measured in the same run, and compiles the Triton kernels for
+sm_80 and sm_90 (registers, spills, shared memory, compile time; no GPU needed); prints the
+tables, then writes them with the machine, versions and date to ``DIR/<machine>-<date>.json`` and
+``.csv``, and plots (time vs shape, memory per optimizer) to ``.png``. ``DIR`` is ``runs/bench``
+(ignored by git) unless ``--out`` says otherwise.
 """
 import argparse
 import csv
@@ -18,7 +19,7 @@ import torch
 
 import lorenza
 
-from . import kernels, optim_step, plots, projfactor, rsvd, zeroth_order
+from . import gpu_compile, kernels, optim_step, plots, projfactor, rsvd, zeroth_order
 from .helpers import LLAMA, TABLES
 
 
@@ -32,6 +33,7 @@ def sections(args) -> dict:
             "ProjFactor": lambda: projfactor.run(quick=True),
             "zeroth-order": lambda: zeroth_order.run(model="quick", reps=2),
             "Triton kernels": lambda: kernels.run(args.device, shapes=kernels.QUICK_SHAPES, rank=32),
+            "GPU compile": lambda: gpu_compile.run(variants="cover", targets="sm_90"),
         }
     return {
         "rsvd": rsvd.run,
@@ -39,6 +41,7 @@ def sections(args) -> dict:
         "ProjFactor": projfactor.run,
         "zeroth-order": zeroth_order.run,
         "Triton kernels": lambda: kernels.run(args.device),
+        "GPU compile": gpu_compile.run,
     }
 
 

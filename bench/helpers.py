@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import lorenza
+from lorenza.testing.llama import LLAMA
 
 # -- timing and tables ---------------------------------------------------------------------------
 
@@ -117,11 +118,6 @@ class Encoder(nn.Module):
 
     def forward(self, tokens):
         return self.head(self.layers(self.embed(tokens)))
-
-
-# (hidden, intermediate, layers, vocab) of the LLaMA configs used by the GaLore paper
-LLAMA = {"60m": (512, 1376, 8, 32000), "130m": (768, 2048, 12, 32000), "350m": (1024, 2736, 24, 32000),
-         "1b": (2048, 5461, 24, 32000)}
 
 
 def llama_shapes(name: str):

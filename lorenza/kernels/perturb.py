@@ -11,24 +11,21 @@ import triton.language as tl
 
 from . import launch
 from .rounding import round_to
-from .philox import normals_4x
+from .philox import normals_4x, stream_at
 from .rank_update import MAX_STREAMS, Noise, padded_streams, rank_update_
 
 
-@triton.jit(do_not_specialize=["k0", "k1", "k2", "k3"])
-def _gaussian_kernel(w_ptr, numel, k0, k1, k2, k3, c0, c1, c2, c3, scale: tl.float64,
-                     STREAMS: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["k0", "k1", "k2", "k3", "streams"])
+def _gaussian_kernel(w_ptr, numel, k0, k1, k2, k3, c0, c1, c2, c3, streams, scale: tl.float64,
+                     COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     # the noise is summed in fp32 (as the reference's chunks); the weight's arithmetic is COMPUTE
     base = tl.program_id(0).to(tl.int64) * BLOCK
     offs = base + tl.arange(0, BLOCK)
     mask = offs < numel
     noise = c0 * normals_4x(k0, base // 4, BLOCK // 4)
-    if STREAMS > 1:
-        noise += c1 * normals_4x(k1, base // 4, BLOCK // 4)
-    if STREAMS > 2:
-        noise += c2 * normals_4x(k2, base // 4, BLOCK // 4)
-    if STREAMS > 3:
-        noise += c3 * normals_4x(k3, base // 4, BLOCK // 4)
+    for j in range(1, streams):
+        key, coeff = stream_at(j, k0, k1, k2, k3, c0, c1, c2, c3)
+        noise += coeff * normals_4x(key, base // 4, BLOCK // 4)
     w = tl.load(w_ptr + offs, mask=mask).to(COMPUTE)
     w = w * tl.cast(scale, COMPUTE) + noise.to(COMPUTE)
     tl.store(w_ptr + offs, round_to(w, w_ptr.dtype.element_ty), mask=mask)
@@ -44,8 +41,7 @@ def gaussian_add_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0) -> tor
     for first in range(0, len(keys), MAX_STREAMS):  # more than 4 streams: one more pass per 4
         ks, cs = padded_streams(keys[first:first + MAX_STREAMS], coeffs[first:first + MAX_STREAMS])
         _gaussian_kernel[(triton.cdiv(numel, block),)](
-            tensor, numel, *ks, *cs, float(scale if first == 0 else 1.0),
-            STREAMS=min(MAX_STREAMS, len(keys) - first),
+            tensor, numel, *ks, *cs, min(MAX_STREAMS, len(keys) - first), float(scale if first == 0 else 1.0),
             COMPUTE=launch.compute_dtype(tensor.dtype), BLOCK=block)
     return tensor
 
@@ -55,9 +51,16 @@ def low_rank_add_(weight: torch.Tensor, alpha: float, scale: float, rank: int, k
     """``weight = scale * weight + alpha * L V^T``: ``V`` (``n x rank``) is stream ``key_v``; ``L`` is
     ``U``, stream ``key_u`` (``m x rank``), unless a tensor ``left`` is given."""
     m, n = weight.shape
+    if left is not None and tuple(left.shape) != (m, rank):
+        raise ValueError(f"low_rank_add_: {tuple(left.shape)} @ V^T ({rank} x {n}) does not fit a {m} x {n} "
+                         "weight")
+    if left is not None:  # W^T += V L^T: the generated factor on the left, as rank_update_ prefers
+        V = Noise([key_v], [1.0], (n, rank), (rank, 1))
+        rank_update_(weight.T, V, left.T, alpha=alpha, scale=scale)
+        return weight
     V_t = Noise([key_v], [1.0], (rank, n), (1, rank))  # V row-major n x rank, read transposed
-    L = left if left is not None else Noise([key_u], [1.0], (m, rank), (rank, 1))
-    return rank_update_(weight, L, V_t, alpha=alpha, scale=scale)
+    U = Noise([key_u], [1.0], (m, rank), (rank, 1))
+    return rank_update_(weight, U, V_t, alpha=alpha, scale=scale)
 
 
 def subspace_add_(weight: torch.Tensor, basis: torch.Tensor, side: str, lift_scale: float, coeffs, keys,

@@ -3,7 +3,8 @@ Triton's ``randn4x(key, i // 4)``, the same Philox4x32-10 and Box-Muller as the 
 
 ``normals_4x`` makes a run of consecutive elements (no wasted Philox work); ``normal_at`` makes
 elements at arbitrary indices (a tile of a row-major ``U`` or ``Z``), running one Box-Muller pair per
-element. ``normal_`` is the fill kernel behind ``lorenza.random.normal_``.
+element; ``stream_at`` picks one of a launch's four stream arguments inside a loop over streams.
+``normal_`` is the fill kernel behind ``lorenza.random.normal_``.
 """
 import torch
 import triton
@@ -32,6 +33,17 @@ def normal_at(key, index):
     return tl.where(lane % 2 == 0, cosine, sine)
 
 
+@triton.jit
+def stream_at(j, k0, k1, k2, k3, c0, c1, c2, c3):
+    """Key (as the uint64 Philox takes it) and coefficient of stream ``j``, a runtime index: the
+    streams are summed by a loop rather than unrolled, so the Philox and Box-Muller code exists
+    once per kernel (a quarter of the registers and of the compile time of four copies)."""
+    key = tl.where(j == 0, k0.to(tl.uint64), tl.where(j == 1, k1.to(tl.uint64),
+                                                      tl.where(j == 2, k2.to(tl.uint64), k3.to(tl.uint64))))
+    coeff = tl.where(j == 0, c0, tl.where(j == 1, c1, tl.where(j == 2, c2, c3)))
+    return key, coeff
+
+
 @triton.jit(do_not_specialize=["key", "start"])
 def _fill_kernel(out_ptr, numel, key, start, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
     base = tl.program_id(0).to(tl.int64) * BLOCK
@@ -47,7 +59,11 @@ def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
     """Fill a contiguous float32 tensor with elements ``start ..`` of stream ``key``."""
     numel = out.numel()
     if numel:
-        block = launch.elementwise_block(numel)
+        # few normals per thread keep libdevice's sin/cos within the registers (no spills on sm_80/90):
+        # one Philox counter (4 normals) per thread of 8 warps, or 2 normals, each its own Philox call
+        aligned = start % 4 == 0
+        block = launch.elementwise_block(numel, cap=1024 if aligned else 256)
         grid = (triton.cdiv(numel, block),)
-        _fill_kernel[grid](out, numel, key, start, BLOCK=block, ALIGNED=start % 4 == 0)
+        _fill_kernel[grid](out, numel, key, start, BLOCK=block, ALIGNED=aligned,
+                           num_warps=8 if aligned else 4)
     return out

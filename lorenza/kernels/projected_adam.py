@@ -85,7 +85,8 @@ def _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R: bool):
         A, A.stride(0), A.stride(1), B, B.stride(0), B.stride(1), M, V, N, R, rows, cols, A.shape[1],
         *_betas(beta1, beta2), float(eps), STORE_R=store_R, COMPUTE=compute,
         PRECISION="ieee" if compute == tl.float64 else launch.dot_precision(),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=launch.inner_block(A.shape[1]))
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=launch.inner_block(A.shape[1]),
+        num_warps=launch.tile_warps(block_m, block_n))
     return N, (R if store_R else None)
 
 

@@ -1,0 +1,306 @@
+"""Compile lorenza's Triton kernels for GPUs that are not here (docs/performance.md, "Compiled for
+the GPU, checked without one").
+
+The kernels' own wrappers are run on the shapes users train (LLaMA 60M to 7B, every rank path,
+every weight dtype) with each kernel's launch replaced by a recorder, so what is recorded is exactly
+what the launch heuristic picks on a GPU. Each distinct launch is then compiled by Triton's compiler
+for an sm_80 or sm_90 target, and what ptxas reports is read back: registers, spills, shared memory
+and the compile time a user's first step waits for. Nothing runs and no GPU is needed; the process
+must not set ``TRITON_INTERPRET`` (the kernels must be compilable and the heuristic the GPU's).
+
+``python -m lorenza.testing.gpu_compile [--variants all|configs|cover] [--targets sm_80,sm_90]
+[--workers N]`` prints the table as JSON lines.
+"""
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import importlib
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+
+from .llama import LLAMA, weight_shapes
+
+# compute capability and the most shared memory one block may opt into (CUDA's programming guide)
+TARGETS = {"sm_80": (80, 163 * 1024), "sm_90": (90, 227 * 1024)}
+RANKS = (1, 2, 4, 7, 8, 16, 32, 64, 100, 128, 256, 512)  # each rank path: outer products, 16, 32, capped
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SIDES = ("right", "left")
+
+
+@dataclasses.dataclass
+class Launch:
+    """One recorded launch: the kernel and the arguments it was called with."""
+
+    kernel: object
+    args: tuple
+    kwargs: dict
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+    def bind(self, target: str):
+        """Triton's own binding of the arguments for ``target``: the specialization (dtypes,
+        16-divisible ints and pointers, ints equal to 1, constexprs) a launch there compiles."""
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature
+
+        backend = make_backend(GPUTarget("cuda", TARGETS[target][0], 32))
+        binder = create_function_from_signature(self.kernel.signature, self.kernel.params, backend)
+        bound, specialization, options = binder(*self.args, **self.kwargs)
+        return backend, bound, specialization, options
+
+    def config(self) -> str:
+        """What distinguishes this compiled variant from the kernel's others, readably."""
+        _, _, specialization, _ = self.bind("sm_90")
+        parts = []
+        for param, (kind, attr) in zip(self.kernel.params, specialization):
+            if kind == "constexpr":
+                value = attr if not hasattr(attr, "name") else attr.name
+                parts.append(f"{param.name}={value}")
+            elif kind.startswith("*"):
+                parts.append(f"{param.name}:{kind[1:]}")
+        return " ".join(parts)
+
+    def key(self) -> tuple:
+        _, _, specialization, _ = self.bind("sm_90")
+        return self.name, repr(specialization)
+
+
+def launched_kernels() -> list:
+    """Every ``@triton.jit`` kernel of ``lorenza.kernels`` that is launched (named ``*_kernel``)."""
+    import triton
+    import lorenza.kernels as package
+
+    kernels = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for name, value in vars(module).items():
+            if name.endswith("_kernel") and callable(getattr(value, "run", None)):
+                if not isinstance(value, triton.runtime.jit.JITFunction):
+                    raise RuntimeError(f"{name} is not compilable here ({type(value).__name__}): "
+                                       "compile for a GPU in a process without TRITON_INTERPRET=1")
+                kernels.append(value)
+    return kernels
+
+
+@contextlib.contextmanager
+def recorded_launches():
+    """Within the block, launching a kernel records it and runs nothing; yields the records."""
+    launches = []
+
+    def recorder(kernel):
+        def run(*args, grid, warmup, **kwargs):
+            launches.append(Launch(kernel, args, kwargs))
+        return run
+
+    kernels = launched_kernels()
+    for kernel in kernels:
+        kernel.run = recorder(kernel)  # an instance attribute: KernelInterface.__getitem__ calls it
+    try:
+        yield launches
+    finally:
+        for kernel in kernels:
+            del kernel.run
+
+
+def distinct(launches) -> list:
+    """One launch per compiled variant, in the order first seen."""
+    seen = {}
+    for launch in launches:
+        seen.setdefault(launch.key(), launch)
+    return list(seen.values())
+
+
+def _moments_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _projected_paths(W, ranks):
+    from lorenza.kernels import perturb, projected_adam
+    from lorenza.kernels.rank_update import MAX_STREAMS
+
+    m, n = W.shape
+    for rank, side in itertools.product(ranks, SIDES):
+        if rank > min(m, n):
+            continue
+        moments = (m, rank) if side == "right" else (rank, n)
+        basis = torch.empty((rank, n) if side == "right" else (m, rank))
+        for residual in (False, True):  # GaLore's update; Lorenza+'s out-of-subspace term
+            M, V = torch.empty(moments), torch.empty(moments)
+            projected_adam.projected_adam_(W, W, M, V, basis, side, 1.0, scale=0.25, residual=residual,
+                                           beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3, decay=0.0)
+        for streams in range(1, MAX_STREAMS + 1):  # Lorenza's probes and ascent
+            perturb.subspace_add_(W, basis, side, 1.0, [1.0] * streams, list(range(streams)))
+        perturb.low_rank_add_(W, 1.0, 1.0, rank, 1, key_u=2)  # LOZO
+        perturb.low_rank_add_(W, 1.0, 1.0, rank, 1, left=torch.empty(m, rank))  # LOZO-M
+
+
+def user_launches(models=tuple(LLAMA), ranks=RANKS, dtypes=WEIGHT_DTYPES) -> list:
+    """The distinct launches of every op on the weights of ``models``, at each rank and dtype."""
+    from lorenza.kernels import perturb, philox, projected_adam
+    from lorenza.kernels.rank_update import MAX_STREAMS
+
+    shapes = sorted({shape for model in models for shape in weight_shapes(model)})
+    vocab = {LLAMA[model][3] for model in models}
+    with recorded_launches() as launches:
+        for shape, dtype in itertools.product(shapes, dtypes):
+            W = torch.empty(shape, dtype=dtype)
+            moments = [torch.empty(shape, dtype=_moments_dtype(dtype)) for _ in range(2)]
+            projected_adam.adam_([W], [W], *moments[:1], moments[1:], beta1=0.9, beta2=0.999, eps=1e-8,
+                                 step_size=1e-3, decay=0.0)
+            for streams in range(1, MAX_STREAMS + 1):  # MeZO, AdaZeta, AdaZo-SAM
+                perturb.gaussian_add_(W, [1.0] * streams, list(range(streams)))
+            if shape[0] not in vocab:  # the embeddings and the head are never projected
+                _projected_paths(W, ranks)
+        for start in (0, 1):  # whole Philox counters, and a fill that starts mid-counter
+            philox.normal_(torch.empty(4096), key=1, start=start)
+    return distinct(launches)
+
+
+def one_per_config(launches) -> list:
+    """One launch per ``config()``: the variants that differ only in which ints and pointers are
+    16-divisible (their registers and spills barely differ) left out."""
+    seen = {}
+    for launch in launches:
+        seen.setdefault((launch.name, launch.config()), launch)
+    return list(seen.values())
+
+
+def covering_subset(launches) -> list:
+    """Few launches that together reach every kernel with every value each of its settings takes
+    (each constexpr, pointer dtype and unit stride seen in ``launches``), chosen greedily: a
+    settings-by-settings cover, not every combination of them."""
+    features = [{(launch.name, token) for token in launch.config().split()} | {(launch.name, "")}
+                for launch in launches]
+    missing, chosen = set().union(*features), []
+    while missing:
+        best = max(range(len(launches)), key=lambda i: len(features[i] & missing))
+        chosen.append(launches[best])
+        missing -= features[best]
+    return chosen
+
+
+VARIANTS = {"all": list, "configs": one_per_config, "cover": covering_subset}
+
+_PTXAS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
+                    r".*?Used (\d+) registers", re.S)
+
+
+def compile_for(launch: Launch, target: str) -> dict:
+    """Compile ``launch`` for ``target`` from scratch; what ptxas and Triton report about it.
+    Raises Triton's error when it does not compile."""
+    import triton
+    from triton import knobs
+    from triton.compiler import ASTSource
+
+    backend, bound, specialization, options = launch.bind(target)
+    kernel = launch.kernel
+    options, signature, constexprs, attrs = kernel._pack_args(backend, launch.kwargs, bound, specialization,
+                                                              options)
+    log = io.StringIO()
+    with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(log), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Triton 3.9's notice that its FP-fusion default will change
+        knobs.compilation.always_compile = True  # a cached binary has no ptxas log, and costs no time
+        knobs.nvidia.dump_ptxas_log = True
+        start = time.perf_counter()
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=backend.target,
+                                  options=options.__dict__)
+        seconds = time.perf_counter() - start
+    found = _PTXAS.search(log.getvalue())
+    if found is None:
+        raise RuntimeError(f"no ptxas report in the compile log of {launch.name}: {log.getvalue()[:500]}")
+    stack, spill_stores, spill_loads, registers = map(int, found.groups())
+    shared = compiled.metadata.shared
+    return dict(kernel=launch.name, config=launch.config(), target=target, registers=registers,
+                spill_stores=spill_stores, spill_loads=spill_loads, stack=stack, shared=shared,
+                shared_limit=TARGETS[target][1], warps=compiled.metadata.num_warps,
+                compile_s=round(seconds, 2))
+
+
+def _compile_row(launch: Launch, target: str) -> dict:
+    try:
+        return compile_for(launch, target)
+    except Exception as err:  # reported as a row: the caller decides what fails
+        return dict(kernel=launch.name, config=launch.config(), target=target,
+                    error=f"{type(err).__name__}: {str(err)[:2000]}")
+
+
+_JOBS = []  # (launch, target) pairs, inherited by forked workers, which compile them by index
+
+
+def _compile_job(index: int) -> dict:
+    return _compile_row(*_JOBS[index])
+
+
+def compile_table(launches, targets=tuple(TARGETS), workers: int = 1):
+    """A row per launch and target, in that order; a launch that fails to compile gives a row with
+    an ``error``. ``workers`` processes compile side by side (each compile is single-threaded)."""
+    _JOBS[:] = list(itertools.product(launches, targets))
+    if workers <= 1:
+        yield from map(_compile_job, range(len(_JOBS)))
+        return
+    context = multiprocessing.get_context("fork")  # the workers inherit the recorded launches
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield from pool.map(_compile_job, range(len(_JOBS)))
+
+
+def problems(rows) -> list:
+    """What is wrong in a table: a launch that did not compile, shared memory above the target's
+    limit, or registers spilled to local memory."""
+    found = []
+    for row in rows:
+        where = f"{row['kernel']} [{row['config']}] on {row['target']}"
+        if "error" in row:
+            found.append(f"{where} does not compile: {row['error']}")
+        elif row["shared"] > row["shared_limit"]:
+            found.append(f"{where} needs {row['shared']} B of shared memory, over {row['shared_limit']}")
+        elif row["spill_stores"]:
+            found.append(f"{where} spills {row['spill_stores']} B per thread ({row['registers']} registers)")
+    return found
+
+
+def in_child_process(variants: str = "cover", targets: str = ",".join(TARGETS), workers: int = 2,
+                     timeout: float = 3600) -> list:
+    """The rows of ``main`` run in a child process without ``TRITON_INTERPRET``, whatever this process
+    runs (the test suite interprets the kernels on the CPU)."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    command = [sys.executable, "-m", __name__, "--variants", variants, "--targets", targets,
+               "--workers", str(workers)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", choices=tuple(VARIANTS), default="configs",
+                        help="every variant, one per config, or the covering subset")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help="comma-separated, of " + ", ".join(TARGETS))
+    parser.add_argument("--models", default=",".join(LLAMA), help="comma-separated, of " + ", ".join(LLAMA))
+    parser.add_argument("--workers", type=int, default=1, help="compiles side by side")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    launches = VARIANTS[args.variants](user_launches(models=args.models.split(",")))
+    for row in compile_table(launches, args.targets.split(","), args.workers):
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
