@@ -6,8 +6,8 @@ A failure is a Triton error (compilation, ptxas, shared memory or registers) or 
 driver error at load or launch); an argument error (ValueError, TypeError) or running out of memory
 is not, and propagates. Until a kernel has run once for a configuration (what decides which Triton
 specializations it compiles, :func:`configuration`), the tensors the op writes in place
-(``backend.WRITES``) are copied to host memory before the call: an op may launch several kernels, and one that fails
-to compile after another wrote the moments must not leave them half-updated. After that first run
+(``backend.WRITES``) are copied to host memory before the call: an op may launch several kernels,
+and one that fails to compile after another wrote the moments must not leave them half-updated. After that first run
 nothing is copied: a specialization that compiled and launched once does not fail later.
 """
 import os
