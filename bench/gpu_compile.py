@@ -20,7 +20,8 @@ def run(variants: str = "configs", targets: str = "sm_80,sm_90") -> list:
     table = [(r["kernel"], r["config"], r["target"], r.get("warps", ""), r.get("registers", ""),
               r.get("spill_stores", ""), r.get("stack", ""), r.get("shared", ""),
               r.get("compile_s", r.get("error", ""))) for r in rows]
-    print_table(f"Triton kernels compiled for {targets} ({variants}: {len(rows)} compiles)", HEADERS, table)
+    title = f"GPU compile: the Triton kernels for {targets} ({variants}: {len(rows)} compiles)"
+    print_table(title, HEADERS, table)
     slowest = max(rows, key=lambda r: r.get("compile_s", 0))
     print("\n".join(problems(rows)) or "every launch compiles, within shared memory, without spills")
     print(f"slowest compile {slowest.get('compile_s')} s ({slowest['kernel']}, {slowest['target']}); "

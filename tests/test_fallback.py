@@ -166,8 +166,8 @@ def test_a_configuration_that_ran_is_not_copied_again(monkeypatch):
     triton_under_auto(monkeypatch, "gaussian_add")
     saves = count_calls(monkeypatch, fallback, "save")
     weight = torch.randn(300, device=DEVICE)
-    for _ in range(3):
-        ops.gaussian_add_(weight, [0.5], [7], 0.9)
+    for key in (2**62 + 5, 2**62 + 7, 2**61 + 3):  # a new Philox key every step: not a new configuration
+        ops.gaussian_add_(weight, [0.5], [key], 0.9)
     assert len(saves) == 1
     ops.gaussian_add_(torch.randn(301, device=DEVICE), [0.5], [7], 0.9)  # a new shape: a new configuration
     assert len(saves) == 2
@@ -265,7 +265,7 @@ def test_every_write_of_an_op_is_put_back(monkeypatch, op):
 
     def ran_then_failed(*args, **kwargs):
         kernel(*args, **kwargs)
-        raise RuntimeError("injected after the kernel ran")
+        raise CompilationError(None, None, "injected after the kernel ran")
     monkeypatch.setattr(module, name, ran_then_failed)
     got, call = _case(op)
     with warnings.catch_warnings(record=True):
@@ -274,6 +274,25 @@ def test_every_write_of_an_op_is_put_back(monkeypatch, op):
     assert fallback.failure(op, torch.device(DEVICE).type) is not None
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
+
+
+def test_an_error_of_lorenzas_own_code_is_not_a_kernel_failure(monkeypatch):
+    """A RuntimeError raised around the launch, not inside Triton (a shape error of the wrapper's own
+    torch calls, say), is the caller's to see: nothing falls back, and the weight is put back."""
+    triton_under_auto(monkeypatch, "gaussian_add")
+    perturb = importlib.import_module("lorenza.kernels.perturb")
+    kernel = perturb.gaussian_add_
+
+    def ran_then_raised(*args, **kwargs):
+        kernel(*args, **kwargs)
+        raise RuntimeError("not a kernel's failure")
+    monkeypatch.setattr(perturb, "gaussian_add_", ran_then_raised)
+    start = torch.randn(100, device=DEVICE)
+    weight = start.clone()
+    with pytest.raises(RuntimeError, match="not a kernel's failure"):
+        ops.gaussian_add_(weight, [0.5], [41], 0.9)
+    assert torch.equal(weight, start)
+    assert fallback.failure("gaussian_add", torch.device(DEVICE).type) is None
 
 
 def _probe(x_ptr, BLOCK: tl.constexpr):

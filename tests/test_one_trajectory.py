@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from conftest import requires_ext, requires_triton
+from conftest import DEVICE, requires_ext, requires_triton
 from test_triton_optimizers import first_order, model_and_data, with_closure
 
 import lorenza
@@ -34,6 +34,8 @@ OPTIMIZERS = {
 # before the sign rule): fp32 rounding grown by the steps. A zeroth-order estimate divides the
 # difference of two losses by 2 * eps, which magnifies a loss's last bit.
 TOLERANCE = {"LowRankAdamW": 1e-6, "Lorenza": 5e-6, "ProjFactor": 1e-6, "MeZO": 1e-5, "LOZO": 2e-5}
+if DEVICE == "cuda":  # not measured on a GPU yet: its rSVD takes the small SVD from eigh(B B^T) and
+    TOLERANCE = {name: 10 * tol for name, tol in TOLERANCE.items()}  # its kernels fuse multiply-adds
 
 
 def run(name, model, opt, x, y, steps):

@@ -21,3 +21,10 @@ def test_every_file_the_readme_names_exists():
     named = set(re.findall(r"\b((?:bench|docs|examples|lorenza|tests|csrc)/[\w./-]+\.\w+)", README))
     missing = [path for path in named if not (ROOT / path).exists()]
     assert named and not missing, missing
+
+
+def test_the_readme_quotes_the_summary_of_the_latest_gpu_compile_table():
+    kept = max(RESULTS.glob("gpu-compile-cpu-2core-*.txt"), default=None)
+    assert kept is not None, "no GPU compile table is kept in bench/results/"
+    summary = "\n".join(kept.read_text().strip().splitlines()[-2:])
+    assert f"```\n{summary}\n```" in README, f"the README does not quote the end of {kept.name}"

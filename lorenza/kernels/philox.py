@@ -37,7 +37,7 @@ def normal_at(key, index):
 def stream_at(j, k0, k1, k2, k3, c0, c1, c2, c3):
     """Key (as the uint64 Philox takes it) and coefficient of stream ``j``, a runtime index: the
     streams are summed by a loop rather than unrolled, so the Philox and Box-Muller code exists
-    once per kernel (a quarter of the registers and of the compile time of four copies)."""
+    once per kernel rather than once per stream (docs/performance.md, "Compiled for the GPU")."""
     key = tl.where(j == 0, k0.to(tl.uint64), tl.where(j == 1, k1.to(tl.uint64),
                                                       tl.where(j == 2, k2.to(tl.uint64), k3.to(tl.uint64))))
     coeff = tl.where(j == 0, c0, tl.where(j == 1, c1, tl.where(j == 2, c2, c3)))

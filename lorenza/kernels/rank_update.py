@@ -75,8 +75,8 @@ def _rank_update_kernel(w_ptr, n_rows, n_cols, sw0, sw1, K,
     row_ok, col_ok = rows < n_rows, cols < n_cols
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=COMPUTE)
     if BLOCK_K == 1:  # a rank below 16: one outer product per rank-one term, no padding, few registers
-        for k in range(0, K):
-            k = tl.zeros((1,), tl.int64) + k  # an index block, broadcast against rows and cols
+        for term in range(0, K):
+            k = tl.zeros((1,), tl.int64) + term  # an index block, broadcast against rows and cols
             a = _operand(a_ptr, rows, k, sa0, sa1, row_ok, a_k0, a_k1, a_k2, a_k3, c0, c1, c2, c3, a_streams,
                          A_NOISE, COMPUTE)
             b = _operand(b_ptr, k, cols, sb0, sb1, col_ok, b_k0, b_k0, b_k0, b_k0, one, one, one, one, 1,
@@ -103,7 +103,7 @@ def _rank_update_kernel(w_ptr, n_rows, n_cols, sw0, sw1, K,
 
 def padded_streams(keys, coeffs, limit: int = MAX_STREAMS):
     """``limit`` keys and float coefficients for a launch's scalar arguments: the unused slots
-    repeat the first key with coefficient 0 (and are skipped by the kernels' STREAMS)."""
+    repeat the first key with coefficient 0 (and are beyond the kernels' runtime stream count)."""
     keys, coeffs = list(keys), [float(c) for c in coeffs]
     if not 1 <= len(keys) <= limit:
         raise ValueError(f"a launch sums 1 to {limit} noise streams, got {len(keys)}")

@@ -54,8 +54,9 @@ OPS = {
 }
 
 # op -> the positional arguments its implementations write in place (a tensor, or a list of
-# tensors), which fallback.py saves before a Triton kernel first runs for a configuration.
-WRITES = {"rsvd": (), "noise": (0,), "gaussian_add": (0,), "low_rank_add": (0,), "subspace_add": (0,),
+# tensors), which fallback.py saves before a Triton kernel first runs for a configuration. The
+# noise op only fills its output, which the PyTorch fallback fills again: nothing to save.
+WRITES = {"rsvd": (), "noise": (), "gaussian_add": (0,), "low_rank_add": (0,), "subspace_add": (0,),
           "projected_adam": (0, 2, 3), "adam": (0, 2, 3)}
 
 

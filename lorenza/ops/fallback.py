@@ -2,13 +2,15 @@
 back, the op runs on PyTorch instead, and from then on that op on that device type goes straight to
 PyTorch (docs/design.md, "The op layer").
 
-A failure is a Triton error (compilation, ptxas, shared memory or registers) or a RuntimeError (a
-driver error at load or launch); an argument error (ValueError, TypeError) or running out of memory
-is not, and propagates. Until a kernel has run once for a configuration (what decides which Triton
+A failure is a Triton error (compilation, ptxas, shared memory or registers) or any error raised
+inside Triton (its launcher, the driver at load or launch); an argument error (ValueError,
+TypeError), running out of memory or an error of lorenza's own code is not, and propagates. A fault
+the GPU reports after the launch has returned (asynchronously) cannot be caught here. Until a kernel has run once for a configuration (what decides which Triton
 specializations it compiles, :func:`configuration`), the tensors the op writes in place
 (``backend.WRITES``) are copied to host memory before the call: an op may launch several kernels,
-and one that fails to compile after another wrote the moments must not leave them half-updated. After that first run
-nothing is copied: a specialization that compiled and launched once does not fail later.
+and one that fails to compile after another wrote the moments must not leave them half-updated.
+After that first run nothing is copied: a specialization that compiled and launched once does not
+fail later.
 """
 import os
 import traceback
@@ -58,11 +60,21 @@ def attempt(op: str, device: torch.device, kernel, written, args, kwargs):
 
 
 def is_failure(error: Exception) -> bool:
-    """A kernel that did not compile, load or launch: Triton's errors and RuntimeError, but neither an
-    argument error (ValueError, TypeError) nor running out of memory (PyTorch would too)."""
+    """A kernel that did not compile, load or launch: a Triton error, or any error raised inside
+    Triton (its compiler, its launcher, the driver under it: an older Triton's AssertionError, a
+    launcher that cannot be built). Not an argument error (ValueError, TypeError), not running out
+    of memory (PyTorch would too), and not an error of lorenza's own code around the launch."""
     if isinstance(error, (ValueError, TypeError, torch.cuda.OutOfMemoryError)):
         return False
-    return isinstance(error, (RuntimeError, *_triton_errors()))
+    return isinstance(error, _triton_errors()) or _raised_inside_triton(error)
+
+
+def _raised_inside_triton(error: Exception) -> bool:
+    import triton
+
+    root = os.path.dirname(triton.__file__) + os.sep
+    frames = traceback.walk_tb(error.__traceback__)
+    return any(frame.f_code.co_filename.startswith(root) for frame, _ in frames)
 
 
 def _triton_errors() -> tuple:
@@ -76,24 +88,27 @@ def _triton_errors() -> tuple:
 
 
 def configuration(args, kwargs) -> tuple:
-    """What decides the Triton specializations a call compiles, per argument (:func:`_key`), and the
-    fp32 matmul precision (the kernels' ``tl.dot`` precision follows it)."""
-    named = tuple((name, _key(kwargs[name])) for name in sorted(kwargs))
-    return tuple(_key(value) for value in args), named, torch.get_float32_matmul_precision()
+    """What decides the Triton specializations a call compiles, per argument
+    (:func:`_specialization_of`), and the fp32 matmul precision (the kernels' ``tl.dot`` precision
+    follows it)."""
+    named = tuple((name, _specialization_of(kwargs[name])) for name in sorted(kwargs))
+    return (tuple(_specialization_of(value) for value in args), named, torch.get_float32_matmul_precision())
 
 
-def _key(value):
-    """A tensor's dtype, device, shape, strides and 16-byte alignment; a sequence's length and the keys
-    of its tensors; an int's ``== 1``, residue mod 16 and width (Triton's i32, i64); a bool's,
-    string's or None's value; nothing of a float."""
+def _specialization_of(value):
+    """A tensor's dtype, device, shape, strides and 16-byte alignment; a sequence's length and the
+    specializations of its tensors; for an int, what Triton specializes on (``== 1``, divisible by
+    16, its width), so that a new Philox key every step is not a new configuration (shape-derived
+    ints a kernel specializes on more closely come with a new shape anyway); a bool's, string's or
+    None's value; nothing of a float."""
     if isinstance(value, torch.Tensor):
         return (value.dtype, value.device, tuple(value.shape), value.stride(), value.data_ptr() % 16 == 0)
     if isinstance(value, (list, tuple)):
-        return (len(value), tuple(_key(member) for member in value if isinstance(member, torch.Tensor)))
+        return (len(value), tuple(_specialization_of(m) for m in value if isinstance(m, torch.Tensor)))
     if isinstance(value, (bool, str, type(None))):
         return value
     if isinstance(value, int):
-        return (value == 1, value % 16, -2**31 <= value < 2**31, -2**63 <= value < 2**63)
+        return (value == 1, value % 16 == 0, -2**31 <= value < 2**31, -2**63 <= value < 2**63)
     if isinstance(value, float):
         return None
     return repr(value)  # nothing else reaches the kernels today: its value, to be safe

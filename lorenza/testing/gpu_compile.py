@@ -9,7 +9,9 @@ and the compile time a user's first step waits for. Nothing runs and no GPU is n
 must not set ``TRITON_INTERPRET`` (the kernels must be compilable and the heuristic the GPU's).
 
 ``python -m lorenza.testing.gpu_compile [--variants all|configs|cover] [--targets sm_80,sm_90]
-[--workers N]`` prints the table as JSON lines.
+[--workers N]`` prints the table as JSON lines; ``python -c "from bench import gpu_compile;
+gpu_compile.run()"`` (from the repository root) prints it as the benchmark's table, as kept in
+``bench/results/gpu-compile-cpu-2core-<date>.txt``.
 """
 import argparse
 import concurrent.futures
@@ -30,6 +32,7 @@ import warnings
 
 import torch
 
+from ..reference.precision import compute_dtype
 from .llama import LLAMA, weight_shapes
 
 # compute capability and the most shared memory one block may opt into (CUDA's programming guide)
@@ -63,8 +66,13 @@ class Launch:
         bound, specialization, options = binder(*self.args, **self.kwargs)
         return backend, bound, specialization, options
 
+    def options(self) -> dict:
+        """The launch options (``num_warps``, ``maxnreg``): the arguments that are not parameters."""
+        return {k: v for k, v in self.kwargs.items() if k not in self.kernel.arg_names}
+
     def config(self) -> str:
-        """What distinguishes this compiled variant from the kernel's others, readably."""
+        """What distinguishes this compiled variant from the kernel's others, readably: constexprs,
+        pointer dtypes, ints specialized to 1 (unit strides), launch options."""
         _, _, specialization, _ = self.bind("sm_90")
         parts = []
         for param, (kind, attr) in zip(self.kernel.params, specialization):
@@ -73,28 +81,38 @@ class Launch:
                 parts.append(f"{param.name}={value}")
             elif kind.startswith("*"):
                 parts.append(f"{param.name}:{kind[1:]}")
-        return " ".join(parts)
+        return " ".join(parts + [f"{name}={value}" for name, value in sorted(self.options().items())])
 
-    def key(self) -> tuple:
+    def variant(self) -> tuple:
+        """What Triton compiles one binary for: the specialization and the launch options."""
         _, _, specialization, _ = self.bind("sm_90")
-        return self.name, repr(specialization)
+        return self.name, repr(specialization), repr(sorted(self.options().items()))
+
+
+def kernel_functions() -> dict:
+    """``name -> kernel`` of every launched ``@triton.jit`` function of ``lorenza.kernels`` (named
+    ``*_kernel``): compilable ``JITFunction``s, or the interpreter's stand-ins under
+    ``TRITON_INTERPRET=1``."""
+    import lorenza.kernels as package
+
+    kernels = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        kernels.update({name: value for name, value in vars(module).items()
+                        if name.endswith("_kernel") and callable(getattr(value, "run", None))})
+    return kernels
 
 
 def launched_kernels() -> list:
-    """Every ``@triton.jit`` kernel of ``lorenza.kernels`` that is launched (named ``*_kernel``)."""
+    """The kernels of :func:`kernel_functions`, each checked to be compilable here."""
     import triton
-    import lorenza.kernels as package
 
-    kernels = []
-    for info in pkgutil.iter_modules(package.__path__):
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        for name, value in vars(module).items():
-            if name.endswith("_kernel") and callable(getattr(value, "run", None)):
-                if not isinstance(value, triton.runtime.jit.JITFunction):
-                    raise RuntimeError(f"{name} is not compilable here ({type(value).__name__}): "
-                                       "compile for a GPU in a process without TRITON_INTERPRET=1")
-                kernels.append(value)
-    return kernels
+    kernels = list(kernel_functions().items())
+    for name, kernel in kernels:
+        if not isinstance(kernel, triton.runtime.jit.JITFunction):
+            raise RuntimeError(f"{name} is not compilable here ({type(kernel).__name__}): "
+                               "compile for a GPU in a process without TRITON_INTERPRET=1")
+    return [kernel for _, kernel in kernels]
 
 
 @contextlib.contextmanager
@@ -121,12 +139,13 @@ def distinct(launches) -> list:
     """One launch per compiled variant, in the order first seen."""
     seen = {}
     for launch in launches:
-        seen.setdefault(launch.key(), launch)
+        seen.setdefault(launch.variant(), launch)
     return list(seen.values())
 
 
-def _moments_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _keys(count: int) -> list:
+    """Philox keys as the optimizers make them: 63-bit, so Triton passes them as i64."""
+    return [2**62 + 3 + j for j in range(count)]
 
 
 def _projected_paths(W, ranks):
@@ -134,6 +153,7 @@ def _projected_paths(W, ranks):
     from lorenza.kernels.rank_update import MAX_STREAMS
 
     m, n = W.shape
+    key_v, key_u = _keys(2)
     for rank, side in itertools.product(ranks, SIDES):
         if rank > min(m, n):
             continue
@@ -144,30 +164,36 @@ def _projected_paths(W, ranks):
             projected_adam.projected_adam_(W, W, M, V, basis, side, 1.0, scale=0.25, residual=residual,
                                            beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3, decay=0.0)
         for streams in range(1, MAX_STREAMS + 1):  # Lorenza's probes and ascent
-            perturb.subspace_add_(W, basis, side, 1.0, [1.0] * streams, list(range(streams)))
-        perturb.low_rank_add_(W, 1.0, 1.0, rank, 1, key_u=2)  # LOZO
-        perturb.low_rank_add_(W, 1.0, 1.0, rank, 1, left=torch.empty(m, rank))  # LOZO-M
+            perturb.subspace_add_(W, basis, side, 1.0, [1.0] * streams, _keys(streams))
+        perturb.low_rank_add_(W, 1.0, 1.0, rank, key_v, key_u=key_u)  # LOZO
+        perturb.low_rank_add_(W, 1.0, 1.0, rank, key_v, left=torch.empty(m, rank))  # LOZO-M
 
 
 def user_launches(models=tuple(LLAMA), ranks=RANKS, dtypes=WEIGHT_DTYPES) -> list:
-    """The distinct launches of every op on the weights of ``models``, at each rank and dtype."""
+    """The distinct launches of every op on the weights of ``models``, at each rank and dtype, with
+    fp32 products in IEEE fp32 (PyTorch's default matmul precision) and in TF32 (``"high"``)."""
     from lorenza.kernels import perturb, philox, projected_adam
     from lorenza.kernels.rank_update import MAX_STREAMS
 
     shapes = sorted({shape for model in models for shape in weight_shapes(model)})
     vocab = {LLAMA[model][3] for model in models}
+    matmul_precision = torch.get_float32_matmul_precision()
     with recorded_launches() as launches:
-        for shape, dtype in itertools.product(shapes, dtypes):
-            W = torch.empty(shape, dtype=dtype)
-            moments = [torch.empty(shape, dtype=_moments_dtype(dtype)) for _ in range(2)]
-            projected_adam.adam_([W], [W], *moments[:1], moments[1:], beta1=0.9, beta2=0.999, eps=1e-8,
-                                 step_size=1e-3, decay=0.0)
-            for streams in range(1, MAX_STREAMS + 1):  # MeZO, AdaZeta, AdaZo-SAM
-                perturb.gaussian_add_(W, [1.0] * streams, list(range(streams)))
-            if shape[0] not in vocab:  # the embeddings and the head are never projected
-                _projected_paths(W, ranks)
+        try:
+            for precision, shape, dtype in itertools.product(("highest", "high"), shapes, dtypes):
+                torch.set_float32_matmul_precision(precision)
+                W = torch.empty(shape, dtype=dtype)
+                M, V = (torch.empty(shape, dtype=compute_dtype(dtype)) for _ in range(2))
+                projected_adam.adam_([W], [W], [M], [V], beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3,
+                                     decay=0.0)
+                for streams in range(1, MAX_STREAMS + 1):  # MeZO, AdaZeta, AdaZo-SAM
+                    perturb.gaussian_add_(W, [1.0] * streams, _keys(streams))
+                if shape[0] not in vocab:  # the embeddings and the head are never projected
+                    _projected_paths(W, ranks)
+        finally:
+            torch.set_float32_matmul_precision(matmul_precision)
         for start in (0, 1):  # whole Philox counters, and a fill that starts mid-counter
-            philox.normal_(torch.empty(4096), key=1, start=start)
+            philox.normal_(torch.empty(4096), key=_keys(1)[0], start=start)
     return distinct(launches)
 
 
@@ -196,8 +222,13 @@ def covering_subset(launches) -> list:
 
 VARIANTS = {"all": list, "configs": one_per_config, "cover": covering_subset}
 
-_PTXAS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
-                    r".*?Used (\d+) registers", re.S)
+def _ptxas_report(log: str, kernel: str):
+    """``(stack, spill stores, spill loads, registers)`` of ``kernel`` in ptxas's ``-v`` log."""
+    found = re.search(rf"Function properties for {kernel}\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill "
+                      rf"stores, (\d+) bytes spill loads.*?Used (\d+) registers", log, re.S)
+    if found is None:
+        raise RuntimeError(f"no ptxas report of {kernel} in the compile log: {log[:500]}")
+    return tuple(map(int, found.groups()))
 
 
 def compile_for(launch: Launch, target: str) -> dict:
@@ -221,10 +252,7 @@ def compile_for(launch: Launch, target: str) -> dict:
         compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=backend.target,
                                   options=options.__dict__)
         seconds = time.perf_counter() - start
-    found = _PTXAS.search(log.getvalue())
-    if found is None:
-        raise RuntimeError(f"no ptxas report in the compile log of {launch.name}: {log.getvalue()[:500]}")
-    stack, spill_stores, spill_loads, registers = map(int, found.groups())
+    stack, spill_stores, spill_loads, registers = _ptxas_report(log.getvalue(), launch.name)
     shared = compiled.metadata.shared
     return dict(kernel=launch.name, config=launch.config(), target=target, registers=registers,
                 spill_stores=spill_stores, spill_loads=spill_loads, stack=stack, shared=shared,
@@ -269,7 +297,7 @@ def problems(rows) -> list:
             found.append(f"{where} does not compile: {row['error']}")
         elif row["shared"] > row["shared_limit"]:
             found.append(f"{where} needs {row['shared']} B of shared memory, over {row['shared_limit']}")
-        elif row["spill_stores"]:
+        elif row["spill_stores"] or row["spill_loads"]:
             found.append(f"{where} spills {row['spill_stores']} B per thread ({row['registers']} registers)")
     return found
 
