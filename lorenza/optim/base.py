@@ -2,7 +2,7 @@
 import torch
 from torch.optim import Optimizer
 
-from ..random import draw_seed
+from ..distributed import agreed_seed
 from . import _checks
 
 
@@ -10,7 +10,8 @@ class LorenzaOptimizer(Optimizer):
     """``torch.optim.Optimizer`` plus the conventions of this package.
 
     - ``seed`` is a param-group key (saved in ``state_dict``; drawn from torch's default generator
-      when None); noise keys derive from it, the parameter's position (its tensor id) and a step
+      when None, rank 0's under ``torch.distributed`` so that every replica draws the same noise);
+      noise keys derive from it, the parameter's position (its tensor id) and a step
       (docs/algorithms.md, section 8).
     - ``load_state_dict`` keeps the state's own dtypes (float32 moments of bf16 parameters are
       not rounded to bf16 as ``torch.optim`` would do).
@@ -18,7 +19,7 @@ class LorenzaOptimizer(Optimizer):
 
     def __init__(self, params, defaults: dict):
         seed = defaults.get("seed")
-        super().__init__(params, dict(defaults, seed=draw_seed() if seed is None else seed))
+        super().__init__(params, dict(defaults, seed=agreed_seed() if seed is None else seed))
 
     def _validate_group(self, group: dict) -> None:
         """Raise for invalid group values; subclasses extend it."""

@@ -1,0 +1,21 @@
+"""What the optimizers agree on across the processes of a ``torch.distributed`` job: with no process
+group initialised, nothing here communicates and everything is as in a single process."""
+import torch
+
+from .random import draw_seed
+
+
+def initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def agreed_seed() -> int:
+    """A base seed every rank of the default process group shares: each rank draws one from its
+    default generator (so each generator advances as in a single process), and rank 0's is taken.
+    A collective: every rank must build its optimizer, as DDP and FSDP code does."""
+    seed = draw_seed()
+    if not initialized():
+        return seed
+    shared = [seed]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return int(shared[0])

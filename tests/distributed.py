@@ -1,0 +1,46 @@
+"""Run a function on several gloo processes of this machine, for the tests of lorenza under
+``torch.distributed``: a free port per run, one thread per process (2 spinning threads on 2 cores run
+20x slower), a timeout, and every process torn down whatever happens."""
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world_size, port, fn, args, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    try:
+        results.put((rank, fn(rank, world_size, *args)))
+    finally:
+        dist.destroy_process_group()
+
+
+def run(fn, world_size: int, *args, timeout: float = 120) -> list:
+    """``[fn(rank, world_size, *args) for each rank]``, each in its own process; ``fn`` must be a
+    module-level function (the processes are spawned)."""
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    processes = mp.start_processes(_worker, args=(world_size, free_port(), fn, args, results),
+                                   nprocs=world_size, join=False, start_method="spawn")
+    try:
+        deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
+        while not processes.join(timeout=1):
+            if datetime.datetime.now() > deadline:
+                raise TimeoutError(f"{fn.__name__} on {world_size} processes took over {timeout} s")
+    finally:
+        for process in processes.processes:
+            if process.is_alive():
+                process.kill()
+    gathered = dict(results.get() for _ in range(world_size))
+    return [gathered[rank] for rank in range(world_size)]
