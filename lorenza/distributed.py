@@ -1,5 +1,6 @@
-"""What the optimizers agree on across the processes of a ``torch.distributed`` job: with no process
-group initialised, nothing here communicates and everything is as in a single process."""
+"""What the optimizers agree on across the processes of a ``torch.distributed`` job (the base seed,
+the probe losses): with no process group initialised, nothing here communicates and everything is
+as in a single process."""
 import torch
 
 from .random import draw_seed
@@ -7,6 +8,20 @@ from .random import draw_seed
 
 def initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if initialized() else 1
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` averaged over the ranks of the default process group (in float64, returned in
+    their dtype); unchanged in a single process. One collective of ``values.numel()`` elements."""
+    if world_size() == 1:
+        return values
+    total = values.to(torch.float64)
+    torch.distributed.all_reduce(total)
+    return (total / world_size()).to(values.dtype)
 
 
 def agreed_seed() -> int:

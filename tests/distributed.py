@@ -2,6 +2,7 @@
 ``torch.distributed``: a free port per run, one thread per process (2 spinning threads on 2 cores run
 20x slower), a timeout, and every process torn down whatever happens."""
 import datetime
+import io
 import os
 import socket
 
@@ -21,7 +22,9 @@ def _worker(rank, world_size, port, fn, args, results):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
     try:
-        results.put((rank, fn(rank, world_size, *args)))
+        result = io.BytesIO()  # by value: a tensor sent as shared memory dies with this process
+        torch.save(fn(rank, world_size, *args), result)
+        results.put((rank, result.getvalue()))
     finally:
         dist.destroy_process_group()
 
@@ -43,4 +46,4 @@ def run(fn, world_size: int, *args, timeout: float = 120) -> list:
             if process.is_alive():
                 process.kill()
     gathered = dict(results.get() for _ in range(world_size))
-    return [gathered[rank] for rank in range(world_size)]
+    return [torch.load(io.BytesIO(gathered[rank]), weights_only=True) for rank in range(world_size)]

@@ -4,6 +4,8 @@ import math
 
 import torch
 
+from ..distributed import mean_over_ranks
+
 BACKWARD_IN_CLOSURE = ("the closure must return the loss without calling backward(): "
                        "{name}.step() chooses the grad mode and calls backward itself")
 
@@ -57,7 +59,8 @@ def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True
     masks or noise drawn inside the closure are the same at both points and the difference
     measures the perturbation alone; the generators end as after one evaluation. The weights are
     back at ``W`` afterwards (``restore``), or left at ``W - mu D`` for a caller that fuses the
-    restore into its update. If the closure fails, the weights are put back at ``W`` first.
+    restore into its update. If the closure fails, the weights are put back at ``W`` first. Under
+    ``torch.distributed`` both losses are averaged over the ranks (one collective of 2 numbers).
     """
     start = _rng_state(devices)
     move(mu)
@@ -67,7 +70,10 @@ def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True
     loss_minus = evaluate(closure, lambda: move(mu), name)
     if restore:
         move(mu)
-    return loss_plus.detach(), loss_minus.detach()
+    # data parallel: each rank's closure saw its own batch; the pair averaged over the ranks is the
+    # pair of the whole batch, so every rank takes the same step (a NaN on one rank reaches all)
+    loss_plus, loss_minus = mean_over_ranks(torch.stack([loss_plus.detach(), loss_minus.detach()]))
+    return loss_plus, loss_minus
 
 
 def estimates(closure, move, queries: int, mu: float, name: str, devices=(), restore_last: bool = True):
