@@ -14,14 +14,15 @@ def world_size() -> int:
     return torch.distributed.get_world_size() if initialized() else 1
 
 
-def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """``values`` averaged over the ranks of the default process group (in float64, returned in
-    their dtype); unchanged in a single process. One collective of ``values.numel()`` elements."""
+def mean_over_ranks(*scalars: torch.Tensor) -> tuple:
+    """The one-element tensors ``scalars`` averaged over the ranks of the default process group (in
+    float64, returned in their dtype); unchanged in a single process. One collective of
+    ``len(scalars)`` elements."""
     if world_size() == 1:
-        return values
-    total = values.to(torch.float64)
+        return scalars
+    total = torch.stack([s.reshape(()) for s in scalars]).to(torch.float64)
     torch.distributed.all_reduce(total)
-    return (total / world_size()).to(values.dtype)
+    return tuple((t / world_size()).to(s.dtype).reshape(s.shape) for t, s in zip(total, scalars))
 
 
 def agreed_seed() -> int:

@@ -5,8 +5,8 @@
 - ``auto`` (default): Triton for tensors on a CUDA device when the op has a Triton kernel and Triton
   imports; else the compiled ``lorenza._C`` implementation when it is built for that device; else
   the PyTorch reference. The first fallback of each op is announced once with a warning that says
-  why. A Triton kernel that fails to compile, load or launch (a Triton error or a RuntimeError; not
-  an argument error) is not the end of the run: the tensors the op writes are put back as they
+  why. A Triton kernel that fails to compile, load or launch (a Triton error, or any error raised
+  inside Triton; not an argument error) is not the end of the run: the tensors the op writes are put back as they
   were, the op runs on the PyTorch reference, and from then on that op on that device type goes
   straight there, announced once (``fallback.py``).
 - ``torch``: always the PyTorch reference.

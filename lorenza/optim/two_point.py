@@ -72,8 +72,7 @@ def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True
         move(mu)
     # data parallel: each rank's closure saw its own batch; the pair averaged over the ranks is the
     # pair of the whole batch, so every rank takes the same step (a NaN on one rank reaches all)
-    loss_plus, loss_minus = mean_over_ranks(torch.stack([loss_plus.detach(), loss_minus.detach()]))
-    return loss_plus, loss_minus
+    return mean_over_ranks(loss_plus.detach(), loss_minus.detach())
 
 
 def estimates(closure, move, queries: int, mu: float, name: str, devices=(), restore_last: bool = True):
