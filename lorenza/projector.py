@@ -59,17 +59,26 @@ def basis_shape(shape, rank: int, side: str):
 
 
 def compute_basis(grad: torch.Tensor, rank: int, side: str, kind: str, seed: int,
-                  granularity: int = 1) -> torch.Tensor:
+                  granularity: int = 1, shard=None) -> torch.Tensor:
     """A fresh basis for ``grad`` viewed at ``granularity`` (``seed`` drives the rSVD sketch or the
-    Gaussian basis)."""
+    Gaussian basis). With ``shard`` (the folded view's ``distributed.shards.RowShard``), ``grad`` is
+    this rank's rows of the gradient and the basis is this rank's part of the whole gradient's:
+    its rows on the left side, all of it on the right."""
     dtype = work_dtype(grad.dtype)
     view = folded_shape(grad.shape, side, granularity)
     if kind == "random":
+        start = shard.offset * rank if shard is not None and side == "left" else 0
         return randn(basis_shape(view, rank, side), stream_key(seed, Stream.BASIS), device=grad.device,
-                     dtype=dtype)
+                     dtype=dtype, start=start)
     grad = grad.reshape(view)
+    if kind == "svd" and shard is not None:
+        raise ValueError("projector='svd' needs the whole gradient on one rank; a sharded parameter is "
+                         "projected with projector='rsvd', which never gathers it")
     if kind == "svd":
         U, _, Vh = torch.linalg.svd(grad.to(dtype), full_matrices=False)
+    elif shard is not None:
+        from .distributed import rsvd as sharded  # imports torch.distributed's tensor types
+        U, _, Vh = sharded.rsvd(grad, rank, RSVD_OVERSAMPLE, RSVD_POWER_ITERS, linalg.rsvd_key(seed), shard)
     else:
         U, _, Vh = linalg.rsvd(grad, rank, RSVD_OVERSAMPLE, RSVD_POWER_ITERS, seed=seed)
     basis = U[:, :rank] if side == "left" else Vh[:rank]
@@ -78,20 +87,38 @@ def compute_basis(grad: torch.Tensor, rank: int, side: str, kind: str, seed: int
 
 class Projection:
     """One parameter's subspace: project a gradient into it, lift subspace tensors back (the op layer
-    writes lifts into weights in place from its ``basis``, ``side``, ``lift_scale`` and ``folded``)."""
+    writes lifts into weights in place from its ``basis``, ``side``, ``lift_scale`` and ``folded``).
 
-    def __init__(self, basis: torch.Tensor, side: str, kind: str, shape, granularity: int = 1):
-        self.basis, self.side, self.granularity = basis, side, granularity
+    For a parameter sharded by rows, ``shape`` and ``basis`` are this rank's (its rows; the whole
+    basis on the right side, its rows on the left) and ``shard`` is the folded view's
+    ``distributed.shards.RowShard``: what sums over rows (a left-side projection, norms, column
+    sums) is summed over the shards, and the subspace tensors of the right side (this rank's rows)
+    start at element ``noise_start`` of their noise streams."""
+
+    def __init__(self, basis: torch.Tensor, side: str, kind: str, shape, granularity: int = 1, shard=None):
+        self.basis, self.side, self.granularity, self.shard = basis, side, granularity, shard
         self.shape = tuple(shape)
         self.folded = folded_shape(self.shape, side, granularity)
         rank = basis.shape[1] if side == "left" else basis.shape[0]
         self.lift_scale = 1.0 / rank if kind == "random" else 1.0
+        self.noise_start = shard.offset * rank if shard is not None and side == "right" else 0
+
+    def sum_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A sum over the parameter's rows, completed over the shards (in place)."""
+        return tensor if self.shard is None else self.shard.sum_(tensor)
+
+    @property
+    def rows_sharded(self) -> bool:
+        """Whether the subspace tensors (moments) are sharded by rows like the parameter: on the
+        right side; on the left they are ``r x cols``, whole on every rank."""
+        return self.shard is not None and self.side == "right"
 
     def subspace_shape(self):
         return subspace.subspace_shape(self.folded, self.basis, self.side)
 
     def project(self, grad: torch.Tensor) -> torch.Tensor:
-        return subspace.project(grad.reshape(self.folded), self.basis, self.side)
+        projected = subspace.project(grad.reshape(self.folded), self.basis, self.side)
+        return self.sum_rows(projected) if self.side == "left" else projected
 
     def lift(self, N: torch.Tensor) -> torch.Tensor:
         """The full ``m x n`` tensor; only for callers that need it formed (tests, benchmarks)."""
@@ -108,7 +135,8 @@ class Projection:
         return rows.reshape(stop - start, self.shape[1])
 
     def lifted_norm_sq(self, Z: torch.Tensor) -> torch.Tensor:
-        """``||lift(Z)||^2`` computed at rank r through the basis' Gram matrix."""
+        """``||lift(Z)||^2`` computed at rank r through the basis' Gram matrix (for a sharded parameter,
+        this rank's share: the shares sum to the whole)."""
         if self.side == "left":
             gram_z = (self.basis.T @ self.basis) @ Z
         else:
@@ -127,4 +155,4 @@ class Projection:
             rows = torch.stack([((P @ (S[:, b * n:(b + 1) * n] @ S[:, b * n:(b + 1) * n].T)) * P).sum(1)
                                 for b in range(c)], dim=1).reshape(m)
             cols = (((P.T @ P) @ S) * S).sum(0).view(c, n).sum(0)
-        return rows * scale, cols * scale
+        return rows * scale, self.sum_rows(cols * scale)

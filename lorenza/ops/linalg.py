@@ -22,6 +22,11 @@ def check_rsvd_args(A, rank, oversample, power_iters) -> None:
         raise ValueError(f"rsvd: power_iters must be an int >= 0, got {power_iters}")
 
 
+def rsvd_key(seed: int) -> int:
+    """The key of the sketch ``rsvd(..., seed=seed)`` draws."""
+    return stream_key(seed, Stream.RSVD)
+
+
 def rsvd(A: torch.Tensor, rank: int, oversample: int = 8, power_iters: int = 2, *,
          seed: int = None, generator: torch.Generator = None, allow_tf32: bool = False):
     """Rank-``rank`` truncated SVD ``A ~ U diag(S) Vh`` by a randomized range finder
@@ -39,5 +44,5 @@ def rsvd(A: torch.Tensor, rank: int, oversample: int = 8, power_iters: int = 2, 
     check_rsvd_args(A, rank, oversample, power_iters)
     if seed is not None and generator is not None:
         raise ValueError("rsvd: pass seed or generator, not both")
-    key = stream_key(draw_seed(generator) if seed is None else seed, Stream.RSVD)
+    key = rsvd_key(draw_seed(generator) if seed is None else seed)
     return backend.call("rsvd", A.device, A, rank, oversample, power_iters, key, allow_tf32)

@@ -15,9 +15,9 @@ def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
     return out
 
 
-def randn(shape, key: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """A tensor of the given shape holding the first elements of stream ``key``."""
-    return composed.randn(shape, key, device=device, dtype=dtype, fill=normal_)
+def randn(shape, key: int, *, device=None, dtype=torch.float32, start: int = 0) -> torch.Tensor:
+    """A tensor of the given shape holding elements ``start ..`` of stream ``key``."""
+    return composed.randn(shape, key, device=device, dtype=dtype, fill=normal_, start=start)
 
 
 def nonzero_terms(coeffs, keys):
@@ -30,21 +30,23 @@ def nonzero_terms(coeffs, keys):
     return [c for c, _ in kept], [k for _, k in kept]
 
 
-def chunks(numel: int, coeffs, keys, device=None):
-    """Yield ``(start, values)`` with ``values = sum_j coeffs[j] * z_j`` over consecutive chunks of the
-    first ``numel`` elements (nothing when every coefficient is 0); ``values`` is a float32 buffer
-    reused from one chunk to the next."""
-    yield from composed.chunks(numel, *nonzero_terms(coeffs, keys), device, fill=normal_)
+def chunks(numel: int, coeffs, keys, device=None, first: int = 0):
+    """Yield ``(start, values)`` with ``values = sum_j coeffs[j] * z_j`` over consecutive chunks of
+    elements ``first .. first + numel - 1`` (nothing when every coefficient is 0); ``values`` is a
+    float32 buffer reused from one chunk to the next."""
+    yield from composed.chunks(numel, *nonzero_terms(coeffs, keys), device, fill=normal_, first=first)
 
 
-def combination(shape, coeffs, keys, device=None, dtype=torch.float32):
-    """``sum_j coeffs[j] * z_j`` shaped ``shape``, in ``dtype``; None when every coefficient is 0."""
-    return composed.combination(shape, *nonzero_terms(coeffs, keys), device, dtype, fill=normal_)
+def combination(shape, coeffs, keys, device=None, dtype=torch.float32, start: int = 0):
+    """``sum_j coeffs[j] * z_j`` shaped ``shape`` from element ``start``, in ``dtype``; None when every
+    coefficient is 0."""
+    return composed.combination(shape, *nonzero_terms(coeffs, keys), device, dtype, fill=normal_, start=start)
 
 
-def norm_sq(numel: int, coeffs, keys, device=None) -> torch.Tensor:
-    """``||sum_j coeffs[j] * z_j||^2`` over the first ``numel`` elements, as a float64 scalar tensor."""
+def norm_sq(numel: int, coeffs, keys, device=None, first: int = 0) -> torch.Tensor:
+    """``||sum_j coeffs[j] * z_j||^2`` over elements ``first .. first + numel - 1``, as a float64 scalar
+    tensor."""
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for _, values in chunks(numel, coeffs, keys, device):
+    for _, values in chunks(numel, coeffs, keys, device, first):
         total += values.double().square().sum()
     return total

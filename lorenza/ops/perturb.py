@@ -17,16 +17,21 @@ pytorch_subspace_add_ = functools.partial(reference.subspace_add_, fill=normal_)
 
 
 @torch.no_grad()
-def gaussian_add_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0) -> torch.Tensor:
+def gaussian_add_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0, *, first: int = 0) -> torch.Tensor:
     """In place ``tensor = scale * tensor + sum_j coeffs[j] * z_j``, ``z_j`` the stream ``keys[j]``
     shaped like it (MeZO, AdaZeta and AdaZo-SAM probes; MeZO's fused restore-and-update).
 
     Arithmetic is float32 (float64 for a float64 tensor), rounded once to the tensor's dtype.
+    ``first`` is the stream index of the tensor's first element, for the shard of a larger tensor
+    (then the PyTorch loop runs, with the noise op's backend).
     """
     if not tensor.is_contiguous():
         raise ValueError("add_randn_ needs a contiguous tensor")
     coeffs, keys = nonzero_terms(coeffs, keys)
-    backend.call("gaussian_add", tensor.device, tensor, coeffs, keys, scale)
+    if first:
+        pytorch_gaussian_add_(tensor, coeffs, keys, scale, first=first)
+    else:
+        backend.call("gaussian_add", tensor.device, tensor, coeffs, keys, scale)
     return tensor
 
 
@@ -45,8 +50,14 @@ def low_rank_add_(weight: torch.Tensor, alpha: float, scale: float, rank: int, k
 def subspace_add_(weight: torch.Tensor, projection, coeffs, keys, scale: float = 1.0) -> torch.Tensor:
     """``weight = scale * weight + lift(sum_j coeffs[j] Z_j)`` (Lorenza's probes), ``Z_j`` the stream
     ``keys[j]`` shaped like the projected gradient; zero coefficients cost nothing. ``projection`` is
-    a :class:`lorenza.projector.Projection`: the backends receive its folded view, basis and side."""
+    a :class:`lorenza.projector.Projection`: the backends receive its folded view, basis and side.
+    For a shard's projection whose ``Z`` starts inside the stream (``projection.noise_start``), the
+    PyTorch loop runs, with the noise op's backend."""
     coeffs, keys = nonzero_terms(coeffs, keys)
-    backend.call("subspace_add", weight.device, weight.view(projection.folded), projection.basis,
-                 projection.side, projection.lift_scale, coeffs, keys, scale)
+    args = (weight.view(projection.folded), projection.basis, projection.side, projection.lift_scale, coeffs,
+            keys, scale)
+    if projection.noise_start:
+        pytorch_subspace_add_(*args, first=projection.noise_start)
+    else:
+        backend.call("subspace_add", weight.device, *args)
     return weight

@@ -7,6 +7,7 @@ A direction object belongs to one parameter and holds the keys of its ``q`` dire
 import torch
 
 from .. import ops
+from ..distributed.shards import local, row_shard
 from ..random import Stream, stream_key
 
 
@@ -21,14 +22,21 @@ def probe_keys(group: dict, tensor_id: int, queries: int) -> list:
 
 class ProbeDirection:
     """Gaussian directions: full-shaped (MeZO, AdaZeta, AdaZoSAM), or ``D_j = lift(Z_j)`` with
-    ``Z_j`` shaped like the projected gradient when ``projection`` is set (Lorenza)."""
+    ``Z_j`` shaped like the projected gradient when ``projection`` is set (Lorenza).
+
+    For a parameter sharded by rows (FSDP2) each rank moves its own rows, with the noise of their
+    global element indices, so the directions are the single process's whatever the sharding;
+    ``shard`` is then its ``distributed.shards.RowShard``."""
 
     def __init__(self, param, group, keys, projection=None):
         self.param, self.group, self.keys, self.projection = param, group, keys, projection
+        self.weight, self.shard = local(param), row_shard(param)  # the block this rank moves
+        row_numel = param.numel() // param.shape[0] if param.dim() and param.shape[0] else 0
+        self.first = self.shard.offset * row_numel if self.shard is not None else 0
 
     def check(self) -> None:
         """Raise now, before any weight moves, for what would make a move fail halfway."""
-        if self.projection is None and not self.param.is_contiguous():
+        if self.projection is None and not self.weight.is_contiguous():
             raise ValueError(f"a full-rank probe needs contiguous parameters; one of shape "
                              f"{tuple(self.param.shape)} is not (call .contiguous() on it)")
         ops.check_backend("gaussian_add" if self.projection is None else "subspace_add", self.param.device)
@@ -36,18 +44,19 @@ class ProbeDirection:
 
     def move_(self, coeffs, scale: float = 1.0) -> None:
         if self.projection is None:
-            ops.gaussian_add_(self.param, coeffs, self.keys, scale=scale)
+            ops.gaussian_add_(self.weight, coeffs, self.keys, scale=scale, first=self.first)
         else:
-            ops.subspace_add_(self.param, self.projection, coeffs, self.keys, scale=scale)
+            ops.subspace_add_(self.weight, self.projection, coeffs, self.keys, scale=scale)
 
     def norm_sq(self, coeffs) -> torch.Tensor:
-        """``||sum_j coeffs[j] * D_j||^2``."""
+        """``||sum_j coeffs[j] * D_j||^2`` over this rank's rows (the whole unless sharded: the shares
+        of the ranks sum to it, ``shards.total``)."""
         if self.projection is None:
-            return ops.norm_sq(self.param.numel(), coeffs, self.keys, self.param.device)
+            return ops.norm_sq(self.weight.numel(), coeffs, self.keys, self.param.device, self.first)
         combined = ops.combination(self.projection.subspace_shape(), coeffs, self.keys, self.param.device,
-                                   self.projection.basis.dtype)
+                                   self.projection.basis.dtype, start=self.projection.noise_start)
         if combined is None:
-            return torch.zeros((), dtype=torch.float64)
+            return torch.zeros((), dtype=torch.float64, device=self.param.device)
         return self.projection.lifted_norm_sq(combined).double()
 
 

@@ -4,6 +4,7 @@ refresh schedule, and the state a step creates. Each optimizer adds its own upda
 import torch
 
 from .. import projector as proj
+from ..distributed.shards import local, placed_like, row_shard
 from ..random import Stream, stream_key
 from . import _checks
 from .base import LorenzaOptimizer
@@ -83,8 +84,10 @@ class ProjectedOptimizer(LorenzaOptimizer):
 
         ``this_step`` (default: whether ``grad`` is given) asks for the basis of the step about to
         be taken: a refresh due then (or a missing basis) is computed from ``grad``, which only a
-        Gaussian basis does without; the caller stores it. Otherwise the basis the previous step
-        used is returned, None if there was none. Nothing is written to the state here.
+        Gaussian basis does without; the caller stores it (``placed_basis``). Otherwise the basis
+        the previous step used is returned, None if there was none. Nothing is written to the state
+        here. For a parameter sharded by rows (FSDP2) the projection is this rank's part
+        (``Projection``'s ``shard``), its basis refreshed by the sharded rSVD.
         """
         if not self.is_projected(param, group):
             return None
@@ -101,34 +104,55 @@ class ProjectedOptimizer(LorenzaOptimizer):
         refresh = proj.last_refresh(step, gap, self._refresh_offset(param, group))
         seed = stream_key(group["seed"], Stream.BASIS, tensor_id, refresh)
         c = group["granularity"]
+        shard = row_shard(param)
+        if shard is not None:
+            shard = shard.folded(side, c, f"parameter {tensor_id} (shape {tuple(param.shape)})")
         if kind == "random":  # regenerated, never stored
-            basis = proj.compute_basis(param, group["rank"], side, kind, seed, c)
+            basis = proj.compute_basis(local(param), group["rank"], side, kind, seed, c, shard)
         elif grad is not None and (refresh == step or "basis" not in state):
-            basis = proj.compute_basis(grad, group["rank"], side, kind, seed, c)
+            basis = proj.compute_basis(local(grad), group["rank"], side, kind, seed, c, shard)
         else:
-            basis = state["basis"]
-        return proj.Projection(basis, side, kind, param.shape, c)
+            basis = local(state["basis"])
+        return proj.Projection(basis, side, kind, local(param).shape, c, shard)
+
+    @staticmethod
+    def placed_basis(param, projection):
+        """The basis to store: placed like the parameter (its rows sharded with the parameter's on
+        the left side, whole on every rank on the right)."""
+        rows = projection.shard.total if projection.shard is not None and projection.side == "left" else None
+        return placed_like(param, projection.basis, rows)
+
+    @staticmethod
+    def subspace_rows(projection):
+        """The global rows of the projection's subspace tensors when sharded like the parameter, None
+        when every rank holds them whole (see ``_moments``)."""
+        return projection.shard.total if projection.rows_sharded else None
 
     # -- state --------------------------------------------------------------------------------
 
-    def _moments(self, param, shapes: dict):
-        """The parameter's state with this step counted and the zero moments ``{key: shape}`` it
-        lacks created (float32, float64 for float64 weights)."""
+    def _moments(self, param, shapes: dict, count: bool = True):
+        """The parameter's state with this step counted (unless ``count`` is False) and the zero
+        moments it lacks created (float32, float64 for float64 weights). ``shapes`` maps each key to
+        ``(shape, rows)``: this rank's shape, and for a DTensor parameter the global rows of a
+        tensor sharded like it, or None for one every rank holds whole (``shards.placed_like``)."""
         state = self.state[param]
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
-        for key, shape in shapes.items():
+        for key, (shape, rows) in shapes.items():
             if key not in state:
-                state[key] = torch.zeros(shape, dtype=proj.work_dtype(param.dtype), device=param.device)
-        state["step"] += 1
+                zeros = torch.zeros(shape, dtype=proj.work_dtype(param.dtype), device=param.device)
+                state[key] = placed_like(param, zeros, rows)
+        if count:
+            state["step"] += 1
         return state
 
     def _check_state(self, param, shape) -> None:
+        """Raise if the moments were made for another subspace (``shape``: this rank's)."""
         moment = self.state[param].get("exp_avg")
-        if moment is not None and tuple(moment.shape) != tuple(shape):
+        if moment is not None and tuple(local(moment).shape) != tuple(shape):
             raise ValueError(f"{type(self).__name__}: a parameter of shape {tuple(param.shape)} has moments "
-                             f"of shape {tuple(moment.shape)} but its group now asks for {tuple(shape)} "
-                             "(rank, proj_type or projector changed after it was stepped)")
+                             f"of shape {tuple(local(moment).shape)} but its group now asks for "
+                             f"{tuple(shape)} (rank, proj_type or projector changed after it was stepped)")
 
     # -- the step -----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ import math
 from collections import defaultdict
 
 from .. import ops
+from ..distributed.shards import local
 from .projected import ProjectedOptimizer
 
 
@@ -32,29 +33,37 @@ class ProjectedAdam(ProjectedOptimizer):
         for group, param, tensor_id in entries:
             self.check_grad(param, param.grad, type(self).__name__)
             projection = self.projection(param, group, tensor_id, grad=param.grad)
-            if projection is not None and projection.granularity > 1 and not param.is_contiguous():
+            if projection is not None and projection.granularity > 1 and not local(param).is_contiguous():
                 raise ValueError(f"granularity > 1 needs contiguous parameters; one of shape "
                                  f"{tuple(param.shape)} is not (call .contiguous() on it)")
-            shape = projection.subspace_shape() if projection else param.shape
+            shape = projection.subspace_shape() if projection else local(param).shape
             self._check_state(param, shape)
             if projection is None:
                 plain.append((group, param))
             else:
                 projected.append((group, param, projection))
         for group, param, projection in projected:
-            shape = projection.subspace_shape()
-            state = self._moments(param, {"exp_avg": shape, "exp_avg_sq": shape})
+            state = self._moments(param, self.moment_shapes(param, projection))
             if group["projector"] != "random":
-                state["basis"] = projection.basis
+                state["basis"] = self.placed_basis(param, projection)
             t = int(state["step"])
-            ops.projected_adam_(param, param.grad, state["exp_avg"], state["exp_avg_sq"], projection,
-                                scale=group["scale"], residual=group.get("residual", False),
-                                **adam_hyper(group, t))
+            ops.projected_adam_(local(param), local(param.grad), local(state["exp_avg"]),
+                                local(state["exp_avg_sq"]), projection, scale=group["scale"],
+                                residual=group.get("residual", False), **adam_hyper(group, t))
         batches = defaultdict(list)
         for group, param in plain:
-            state = self._moments(param, {"exp_avg": param.shape, "exp_avg_sq": param.shape})
+            state = self._moments(param, self.moment_shapes(param, None))
             batches[(id(group), int(state["step"]))].append((group, param))
         for (_, t), members in batches.items():
             group, params = members[0][0], [p for _, p in members]
-            ops.adam_(params, [p.grad for p in params], [self.state[p]["exp_avg"] for p in params],
-                      [self.state[p]["exp_avg_sq"] for p in params], **adam_hyper(group, t))
+            ops.adam_([local(p) for p in params], [local(p.grad) for p in params],
+                      [local(self.state[p]["exp_avg"]) for p in params],
+                      [local(self.state[p]["exp_avg_sq"]) for p in params], **adam_hyper(group, t))
+
+    def moment_shapes(self, param, projection) -> dict:
+        """``_moments``' shapes of Adam's two moments: in the subspace, or shaped like the parameter."""
+        if projection is None:
+            shape, rows = local(param).shape, (param.shape[0] if param.dim() else None)
+        else:
+            shape, rows = projection.subspace_shape(), self.subspace_rows(projection)
+        return {"exp_avg": (shape, rows), "exp_avg_sq": (shape, rows)}

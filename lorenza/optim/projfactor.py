@@ -5,6 +5,7 @@ import weakref
 
 import torch
 
+from ..distributed.shards import local, row_shard
 from ..projector import work_dtype
 from .projected import ProjectedOptimizer
 
@@ -38,12 +39,14 @@ def square_sums(matrix: torch.Tensor):
 
 
 def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_size: float, eps: float,
-                     rows_multiple: int = 1) -> None:
+                     rows_multiple: int = 1, v_row_sum: torch.Tensor = None) -> None:
     """``param -= step_size * numerator / (sqrt(outer(v_row, v_col) / sum(v_row)) + eps)``, formed a
     block of rows at a time (``numerator_rows(start, stop)`` gives the block; ``rows_multiple``
-    aligns the blocks) so that no ``m x n`` temporary exists. All-zero statistics divide by eps."""
+    aligns the blocks) so that no ``m x n`` temporary exists. All-zero statistics divide by eps.
+    ``v_row_sum`` is ``sum(v_row)`` when ``v_row`` is one shard's rows."""
     rows, cols = param.shape
-    col = v_col / v_row.sum().clamp_min(torch.finfo(v_row.dtype).tiny)
+    v_row_sum = v_row.sum() if v_row_sum is None else v_row_sum
+    col = v_col / v_row_sum.clamp_min(torch.finfo(v_row.dtype).tiny)
     block = max(rows_multiple, BLOCK_ELEMENTS // cols // rows_multiple * rows_multiple)
     for start in range(0, rows, block):
         stop = min(rows, start + block)
@@ -144,7 +147,7 @@ class ProjFactor(ProjectedOptimizer):
         projection = self.projection(param, group, tensor_id, this_step=True)
         if param.grad is None or projection is None:
             return
-        projected = projection.project(param.grad)
+        projected = projection.project(local(param.grad))
         state = self.state[param]
         if "projected_grad" in state:
             state["projected_grad"].add_(projected)
@@ -175,10 +178,10 @@ class ProjFactor(ProjectedOptimizer):
             if param.grad is not None:
                 self.check_grad(param, param.grad, type(self).__name__)
             projection = self.projection(param, group, tensor_id, this_step=True)
-            if projection is None and param.dim() > 2 and not param.is_contiguous():
+            if projection is None and param.dim() > 2 and not local(param).is_contiguous():
                 raise ValueError(f"ProjFactor needs contiguous parameters of more than two dimensions; one "
                                  f"of shape {tuple(param.shape)} is not")
-            self._check_state(param, projection.subspace_shape() if projection else param.shape)
+            self._check_state(param, projection.subspace_shape() if projection else local(param).shape)
             planned.append((group, param, projection))
         for group, param, projection in planned:
             self._update_one(group, param, projection)
@@ -187,20 +190,43 @@ class ProjFactor(ProjectedOptimizer):
         """``S`` (the projected gradient, or the gradient) and the row and column sums of ``B^2``."""
         state = self.state[param]
         if projection is None:
-            S = param.grad.to(work_dtype(param.dtype))
-            return (S, *square_sums(S.reshape(matrix_shape(param))))
+            S = local(param.grad).to(work_dtype(param.dtype))
+            row_sq, col_sq = square_sums(S.reshape(matrix_shape(local(param))))
+            shard = row_shard(param)
+            return S, row_sq, col_sq if shard is None else shard.sum_(col_sq)
         S = state.pop("projected_grad", None)
         if param.grad is not None:
-            S = projection.project(param.grad) if S is None else S.add_(projection.project(param.grad))
+            grad = local(param.grad)
+            S = projection.project(grad) if S is None else S.add_(projection.project(grad))
         row_sq, col_sq = projection.lifted_square_sums(S)
         return S, row_sq.mul_(group["scale"]**2), col_sq.mul_(group["scale"]**2)
+
+    def moment_shapes(self, param, projection) -> dict:
+        """``_moments``' shapes: ``M`` like ``S``, the row statistics sharded like the parameter's
+        rows, the column statistics whole on every rank."""
+        weight = local(param)
+        rows, cols = matrix_shape(weight)
+        global_rows = matrix_shape(param)[0] if param.dim() else None
+        if projection is None:
+            m_shape, m_rows = weight.shape, (param.shape[0] if param.dim() else None)
+        else:
+            m_shape, m_rows = projection.subspace_shape(), self.subspace_rows(projection)
+        return {"exp_avg": (m_shape, m_rows), "exp_avg_sq_row": ((rows,), global_rows),
+                "exp_avg_sq_col": ((cols,), None)}
+
+    @staticmethod
+    def _sum_over_rows(param, v_row):
+        """``sum(v_row)`` over every rank's rows of a sharded parameter."""
+        shard = row_shard(param)
+        return v_row.sum() if shard is None else shard.sum_(v_row.sum())
 
     def _update_one(self, group, param, projection) -> None:
         beta1, beta2 = group["betas"]
         S, row_sq, col_sq = self._gradient(group, param, projection)
-        rows, cols = matrix_shape(param)
-        state = self._moments(param, {"exp_avg": S.shape, "exp_avg_sq_row": rows, "exp_avg_sq_col": cols})
-        M, v_row, v_col = state["exp_avg"], state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+        weight = local(param)
+        rows, cols = matrix_shape(weight)
+        state = self._moments(param, self.moment_shapes(param, projection))
+        M, v_row, v_col = (local(state[key]) for key in ("exp_avg", "exp_avg_sq_row", "exp_avg_sq_col"))
         M.mul_(beta1).add_(S, alpha=1 - beta1)
         v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
         v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
@@ -214,8 +240,9 @@ class ProjFactor(ProjectedOptimizer):
             def numerator(start, stop):
                 return projection.lift_rows(M, start, stop).mul_(group["scale"])
             rows_multiple = projection.granularity if projection.side == "left" else 1
-        factored_update_(param.view(rows, cols), numerator, v_row, v_col, step_size=step_size,
-                         eps=group["eps"], rows_multiple=rows_multiple)
+        factored_update_(weight.view(rows, cols), numerator, v_row, v_col, step_size=step_size,
+                         eps=group["eps"], rows_multiple=rows_multiple,
+                         v_row_sum=self._sum_over_rows(param, v_row))
         decay = group["lr"] * group["weight_decay"]
         if decay:  # after the update, as GaLore and the official code do
-            param.add_(param, alpha=-decay)
+            weight.add_(weight, alpha=-decay)

@@ -4,6 +4,7 @@ import warnings
 
 import torch
 
+from ..distributed import fsdp, shards
 from . import _checks, two_point
 from .directions import ProbeDirection, one_hot, probe_keys
 from .projected_adam import ProjectedAdam
@@ -52,11 +53,11 @@ class ZerothOrderSAM(ProjectedAdam):
             directions.append(ProbeDirection(param, group, keys, projection))
         return directions
 
-    @staticmethod
     @torch.no_grad()
-    def _move(directions, coeffs_of):
+    def _move(self, directions, coeffs_of):
         for direction in directions:
             direction.move_(coeffs_of(direction))
+        fsdp.reshard(self._fsdp_modules)  # their next forward gathers the moved shards
 
     def _probe(self, closure, directions, devices):
         """Two-point estimates ``c_j``; None if a loss was not finite (weights restored)."""
@@ -75,7 +76,7 @@ class ZerothOrderSAM(ProjectedAdam):
     def _ascent(self, directions, coeffs):
         """Per-direction coefficients of ``e = rho * g_hat / ||g_hat||`` (None when g_hat = 0)."""
         g_hat = [c / len(coeffs) for c in coeffs]
-        norm = sum(float(d.norm_sq(g_hat)) for d in directions) ** 0.5
+        norm = shards.total((d.norm_sq(g_hat), d.shard) for d in directions) ** 0.5
         if norm == 0.0:
             return None
         return lambda d: [d.group["rho"] * c / norm for c in g_hat]
@@ -128,6 +129,7 @@ class ZerothOrderSAM(ProjectedAdam):
                 raise TypeError(f"{name} does not support complex parameters")
         for direction in directions:
             direction.check()
+        self._fsdp_modules = fsdp.owners(p for _, p, _ in trainable)
         loss, ascent = None, None
         if directions:
             devices = two_point.cuda_devices(p for _, p, _ in trainable)

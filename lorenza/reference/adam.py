@@ -3,6 +3,8 @@
 ``step_size = lr * sqrt(1 - b2^t) / (1 - b1^t)`` and ``decay = lr * weight_decay`` come in as
 numbers; weight decay is applied after the update, as GaLore does.
 """
+import torch
+
 from . import subspace
 
 
@@ -29,21 +31,30 @@ def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
 
 
 def projected_adam_(param, grad, M, V, basis, side, lift_scale, *, scale, residual, beta1, beta2, eps,
-                    step_size, decay):
+                    step_size, decay, sum_rows=None):
     """Moments in the subspace; the lifted step is written into ``param`` in place. ``param`` and
     ``grad`` are the folded views (see ``subspace.py``).
 
     ``residual`` (Lorenza+) also applies the discarded part ``G - lift(R)`` scaled by
     ``||N|| / ||R||``.
+
+    ``sum_rows`` completes, in place, a sum over the rows of a weight whose rows are split over
+    processes (this call sees one block of them): the left-side projection and, on the right side
+    where ``R`` and ``N`` hold the block's rows, their squared norms.
     """
     R = subspace.project(grad, basis, side)
+    if sum_rows is not None and side == "left":
+        R = sum_rows(R)
     _moments_(M, V, R, beta1, beta2)
     N = _normalized(M, V, eps)
     alpha = step_size * scale
     subspace.lift_add_(param, N, basis, side, lift_scale, -alpha)
     if residual:
-        r_norm = R.norm()
-        phi = float(N.norm() / r_norm) if r_norm > 0 else 0.0
+        if sum_rows is not None and side == "right":
+            n_norm, r_norm = sum_rows(torch.stack([N.square().sum(), R.square().sum()])).sqrt()
+        else:
+            n_norm, r_norm = N.norm(), R.norm()
+        phi = float(n_norm / r_norm) if r_norm > 0 else 0.0
         if param.dtype == R.dtype:  # in place, two roundings at the weight's own precision
             param.add_(grad, alpha=-alpha * phi)
             subspace.lift_add_(param, R, basis, side, lift_scale, alpha * phi)

@@ -10,16 +10,18 @@ import torch
 from . import philox
 
 
-def randn(shape, key: int, device=None, dtype=torch.float32, fill=philox.normal_) -> torch.Tensor:
-    """A tensor of ``shape`` holding the first elements of stream ``key`` (made in float32)."""
-    out = fill(torch.empty(shape, dtype=torch.float32, device=device), key, 0)
+def randn(shape, key: int, device=None, dtype=torch.float32, fill=philox.normal_,
+          start: int = 0) -> torch.Tensor:
+    """A tensor of ``shape`` holding elements ``start ..`` of stream ``key`` (made in float32)."""
+    out = fill(torch.empty(shape, dtype=torch.float32, device=device), key, start)
     return out if dtype == torch.float32 else out.to(dtype)
 
 
-def chunks(numel: int, coeffs, keys, device=None, fill=philox.normal_):
+def chunks(numel: int, coeffs, keys, device=None, fill=philox.normal_, first: int = 0):
     """Yield ``(start, values)`` with ``values = sum_j coeffs[j] * z_{keys[j]}`` over consecutive chunks
-    of the first ``numel`` elements, in float32; ``values`` is a buffer reused from one chunk to the
-    next, so nothing tensor-sized is allocated. Nothing is yielded for an empty list of streams."""
+    of elements ``first .. first + numel - 1`` of the streams (``start`` counted from ``first``), in
+    float32; ``values`` is a buffer reused from one chunk to the next, so nothing tensor-sized is
+    allocated. Nothing is yielded for an empty list of streams."""
     if not keys:
         return
     size = max(1, min(numel, philox.CHUNK))
@@ -27,16 +29,18 @@ def chunks(numel: int, coeffs, keys, device=None, fill=philox.normal_):
     tmp = torch.empty(size, dtype=torch.float32, device=device) if len(keys) > 1 else None
     for start in range(0, numel, size):
         count = min(size, numel - start)
-        out = fill(acc[:count], keys[0], start).mul_(coeffs[0])
+        out = fill(acc[:count], keys[0], first + start).mul_(coeffs[0])
         for coeff, key in zip(coeffs[1:], keys[1:]):
-            out.add_(fill(tmp[:count], key, start), alpha=coeff)
+            out.add_(fill(tmp[:count], key, first + start), alpha=coeff)
         yield start, out
 
 
-def combination(shape, coeffs, keys, device=None, dtype=torch.float32, fill=philox.normal_):
-    """``sum_j coeffs[j] * z_{keys[j]}`` shaped ``shape``, in ``dtype``; None for no stream."""
+def combination(shape, coeffs, keys, device=None, dtype=torch.float32, fill=philox.normal_,
+                start: int = 0):
+    """``sum_j coeffs[j] * z_{keys[j]}`` shaped ``shape`` from element ``start`` of the streams, in
+    ``dtype``; None for no stream."""
     total = None
     for coeff, key in zip(coeffs, keys):
-        term = randn(shape, key, device=device, dtype=dtype, fill=fill).mul_(coeff)
+        term = randn(shape, key, device=device, dtype=dtype, fill=fill, start=start).mul_(coeff)
         total = term if total is None else total.add_(term)
     return total

@@ -12,13 +12,15 @@ import torch
 from . import noise, philox, subspace
 
 
-def gaussian_add_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0, *, fill=philox.normal_):
+def gaussian_add_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0, *, fill=philox.normal_,
+                  first: int = 0):
     """``tensor`` (contiguous) updated a chunk at a time while the chunk is in cache: no tensor-sized
-    temporary. Arithmetic is float32 (float64 for a float64 tensor), rounded once to its dtype."""
+    temporary. Arithmetic is float32 (float64 for a float64 tensor), rounded once to its dtype.
+    ``first`` is the stream index of its first element (a shard of a larger tensor)."""
     flat = tensor.view(-1)
     if not keys and scale != 1.0:
         flat.mul_(scale)
-    for start, values in noise.chunks(flat.numel(), coeffs, keys, tensor.device, fill):
+    for start, values in noise.chunks(flat.numel(), coeffs, keys, tensor.device, fill, first):
         chunk = flat[start:start + values.numel()]
         if scale == 1.0:
             chunk.add_(values)
@@ -37,12 +39,14 @@ def low_rank_add_(weight, alpha, scale, rank, key_v, *, key_u=None, left=None, f
     return weight.addmm_(left.to(weight.dtype), V.T.to(weight.dtype), beta=scale, alpha=alpha)
 
 
-def subspace_add_(weight, basis, side, lift_scale, coeffs, keys, scale=1.0, *, fill=philox.normal_):
-    """``weight`` is the folded view; ``Z_j`` is shaped like its projection, in the basis' dtype."""
+def subspace_add_(weight, basis, side, lift_scale, coeffs, keys, scale=1.0, *, fill=philox.normal_,
+                  first=0):
+    """``weight`` is the folded view; ``Z_j`` is shaped like its projection, in the basis' dtype, from
+    element ``first`` of the streams (the rows of a shard)."""
     if scale != 1.0:
         weight.mul_(scale)
     shape = subspace.subspace_shape(weight.shape, basis, side)
-    total = noise.combination(shape, coeffs, keys, weight.device, basis.dtype, fill)
+    total = noise.combination(shape, coeffs, keys, weight.device, basis.dtype, fill, first)
     if total is not None:
         subspace.lift_add_(weight, total, basis, side, lift_scale, 1.0)
     return weight

@@ -3,7 +3,7 @@ the probe losses): with no process group initialised, nothing here communicates 
 as in a single process."""
 import torch
 
-from .random import draw_seed
+from ..random import draw_seed
 
 
 def initialized() -> bool:
