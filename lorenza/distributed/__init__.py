@@ -25,6 +25,16 @@ def mean_over_ranks(*scalars: torch.Tensor) -> tuple:
     return tuple((t / world_size()).to(s.dtype).reshape(s.shape) for t, s in zip(total, scalars))
 
 
+def any_over_ranks(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank of the default process group (``flag`` itself in a single
+    process). A collective of one element."""
+    if world_size() == 1:
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def agreed_seed() -> int:
     """A base seed every rank of the default process group shares: each rank draws one from its
     default generator (so each generator advances as in a single process), and rank 0's is taken.

@@ -4,6 +4,7 @@ refresh schedule, and the state a step creates. Each optimizer adds its own upda
 import torch
 
 from .. import projector as proj
+from ..distributed import any_over_ranks
 from ..distributed.shards import local, placed_like, row_shard
 from ..random import Stream, stream_key
 from . import _checks
@@ -154,6 +155,51 @@ class ProjectedOptimizer(LorenzaOptimizer):
                              f"of shape {tuple(local(moment).shape)} but its group now asks for "
                              f"{tuple(shape)} (rank, proj_type or projector changed after it was stepped)")
 
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def initializing_step(self, closure) -> bool:
+        """Whether this ``step(closure)`` is how ``torch.distributed.checkpoint`` makes a fresh
+        optimizer's state (``get_state_dict``/``set_state_dict``): no closure, no state yet, every
+        learning rate 0 and every gradient zero (on every rank). Then :meth:`init_state` runs instead
+        of a step, so nothing is counted and no basis is computed from the zero gradient."""
+        if closure is not None or self.state or any(group["lr"] != 0 for group in self.param_groups):
+            return False
+        grads = [param.grad for _, param, _ in self.params_with_ids() if param.grad is not None]
+        if not grads or any_over_ranks(any(bool(local(grad).any()) for grad in grads)):
+            return False
+        self.init_state()
+        return True
+
+    def init_state(self) -> None:
+        """The state the first step creates, for every parameter with a gradient: zero moments, a
+        zero basis and a step count of 0 (the next step is the first: it computes the basis and
+        counts 1). Placed as the first step places it, so a checkpoint loads into it."""
+        self.index_projected()
+        for group, param, tensor_id in self.params_with_ids():
+            if param.grad is None:
+                continue
+            projection = self.blank_projection(param, group, tensor_id)
+            state = self._moments(param, self.moment_shapes(param, projection), count=False)
+            if projection is not None and group["projector"] != "random":
+                state["basis"] = self.placed_basis(param, projection)
+
+    def blank_projection(self, param, group, tensor_id):
+        """The parameter's projection with a zero basis (its shapes and placement only), or None."""
+        if not self.is_projected(param, group):
+            return None
+        side, c = proj.side_for(param.shape, group["proj_type"]), group["granularity"]
+        shard = row_shard(param)
+        if shard is not None:
+            shard = shard.folded(side, c, f"parameter {tensor_id} (shape {tuple(param.shape)})")
+        shape = local(param).shape
+        basis = torch.zeros(proj.basis_shape(proj.folded_shape(shape, side, c), group["rank"], side),
+                            dtype=proj.work_dtype(param.dtype), device=param.device)
+        return proj.Projection(basis, side, group["projector"], shape, c, shard)
+
+    def moment_shapes(self, param, projection) -> dict:
+        """``_moments``' ``{key: (shape, rows)}`` of the parameter's state for ``projection``."""
+        raise NotImplementedError
+
     # -- the step -----------------------------------------------------------------------------
 
     def _pending(self, param) -> bool:
@@ -167,6 +213,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One optimizer step from the gradients in ``.grad``; ``closure`` may recompute them."""
+        if self.initializing_step(closure):
+            return None
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -119,7 +119,11 @@ class ZerothOrderSAM(ProjectedAdam):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One step; ``step()`` with no closure only initialises the state as
+        ``torch.distributed.checkpoint`` asks (``initializing_step``), and otherwise raises."""
         name = type(self).__name__
+        if self.initializing_step(closure):
+            return None
         two_point.require_closure(closure, name)
         trainable = [entry for entry in self.params_with_ids() if entry[1].requires_grad]
         probing = any(group["rho"] > 0 for group, _, _ in trainable)
