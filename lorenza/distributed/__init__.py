@@ -25,6 +25,15 @@ def mean_over_ranks(*scalars: torch.Tensor) -> tuple:
     return tuple((t / world_size()).to(s.dtype).reshape(s.shape) for t, s in zip(total, scalars))
 
 
+def mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` averaged over the ranks of the default process group, in place (unchanged in a
+    single process): what DDP does to a gradient. One collective of its size."""
+    if world_size() > 1:
+        torch.distributed.all_reduce(tensor)
+        tensor.div_(world_size())
+    return tensor
+
+
 def any_over_ranks(flag: bool) -> bool:
     """Whether ``flag`` holds on any rank of the default process group (``flag`` itself in a single
     process). A collective of one element."""

@@ -5,6 +5,7 @@ import weakref
 
 import torch
 
+from ..distributed import mean_
 from ..distributed.shards import local, row_shard
 from ..projector import work_dtype
 from .projected import ProjectedOptimizer
@@ -141,6 +142,13 @@ class ProjFactor(ProjectedOptimizer):
             _PER_LAYER_OWNERS.pop(id(param), None)
         self._hooks = []
 
+    def reduced_in_backward(self) -> list:
+        """The parameters whose gradients the per-layer hooks project and average over the ranks
+        themselves (``lorenza.distributed.ddp.keep_out_of_ddp`` leaves them out of DDP)."""
+        hooked = {id(param) for param, _ in self._hooks}
+        return [param for group, param, _ in self.params_with_ids()
+                if id(param) in hooked and self.is_projected(param, group)]
+
     @torch.no_grad()
     def _project_grad(self, param) -> None:
         group, tensor_id = self._owners[id(param)]
@@ -148,6 +156,8 @@ class ProjFactor(ProjectedOptimizer):
         if param.grad is None or projection is None:
             return
         projected = projection.project(local(param.grad))
+        if projection.shard is None:  # data parallel: average the m x r projection, not the m x n gradient
+            mean_(projected)
         state = self.state[param]
         if "projected_grad" in state:
             state["projected_grad"].add_(projected)
@@ -169,9 +179,19 @@ class ProjFactor(ProjectedOptimizer):
     def _pending(self, param) -> bool:
         return param.grad is not None or "projected_grad" in self.state.get(param, {})
 
+    def _drop_written_back(self) -> None:
+        """Under DDP, a weight whose gradient the hook projected (and freed) gets a gradient again
+        when DDP copies back its reduced bucket, all zeros since the hook left DDP nothing: dropped
+        here, so that it is neither projected again nor kept alive."""
+        hooked = {id(param) for param, _ in self._hooks}
+        for param, state in self.state.items():
+            if id(param) in hooked and "projected_grad" in state:
+                param.grad = None
+
     def _update(self, entries) -> None:
         """The ProjFactor step of every ``(group, param, tensor_id)``, from its ``.grad`` and/or its
         projected accumulator. Two phases, so that an error leaves weights and state untouched."""
+        self._drop_written_back()
         self.index_projected()
         planned = []
         for group, param, tensor_id in entries:
