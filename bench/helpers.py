@@ -122,8 +122,11 @@ class Encoder(nn.Module):
 
 def llama_shapes(name: str):
     """(shape, projected) of every parameter: attention and MLP weights projected; embeddings,
-    the output head and the norms plain."""
-    d, f, layers, vocab = LLAMA[name]
+    the output head and the norms plain. ``name`` is a LLaMA size or a model of ``MODELS``."""
+    if name in LLAMA:
+        d, f, layers, vocab = LLAMA[name]
+    else:
+        vocab, d, f, layers, _ = MODELS[name]
     shapes = [((vocab, d), False)]
     for _ in range(layers):
         shapes += [((d, d), True)] * 4 + [((f, d), True)] * 2 + [((d, f), True)] + [((d,), False)] * 2

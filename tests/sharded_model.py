@@ -3,6 +3,7 @@ each its own FSDP unit, and its data."""
 import torch
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 import lorenza
 
@@ -10,19 +11,24 @@ BATCH = 12
 
 
 def make_model():
-    """Weights of 9 x 7 (projected on the right), 5 x 9 and 3 x 5 (on the left): rows that 2 and 3
-    ranks shard unevenly (5 and 4, 3 and 2; 3, 3 and 3, 2, 2 and 1; 2 and 1, 1, 1 and 1)."""
+    """Weights of 9 x 7 (projected on the right), 4 x 9 and 3 x 4 (on the left), whose rows 2 ranks
+    shard as 5 and 4, 2 and 2, 2 and 1, and 3 ranks as 3, 3 and 3, 2, 2 and 0 (an empty shard),
+    1, 1 and 1."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.Tanh(), torch.nn.Linear(9, 5), torch.nn.Tanh(),
-                               torch.nn.Linear(5, 3))
+    return torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.Tanh(), torch.nn.Linear(9, 4), torch.nn.Tanh(),
+                               torch.nn.Linear(4, 3))
 
 
-def shard(model, world_size):
+def shard(model, world_size, hsdp=False):
     """One FSDP unit per linear layer, the first keeping its gathered weights after forward, and
-    the root. Nothing in a single process."""
+    the root; ``hsdp`` shards on the second dimension of a ``1 x world_size`` mesh (HSDP's
+    placements, replicated over the first). Nothing in a single process."""
     if world_size == 1:
         return model
-    mesh = init_device_mesh("cpu", (world_size,))
+    if hsdp:
+        mesh = init_device_mesh("cpu", (1, world_size), mesh_dim_names=("replicate", "shard"))
+    else:
+        mesh = init_device_mesh("cpu", (world_size,))
     for index, layer in enumerate(model):
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer, mesh=mesh, reshard_after_forward=index > 0)
@@ -54,14 +60,24 @@ def whole(model) -> torch.Tensor:
     return torch.cat([t.detach().flatten() for t in tensors])
 
 
+def replicated_state(opt) -> torch.Tensor:
+    """This rank's copy of every state tensor all ranks hold whole (left-side moments, right-side
+    bases, column statistics), flattened: what must be bit-identical across ranks."""
+    copies = [value.to_local().flatten() for state in opt.state.values() for value in state.values()
+              if isinstance(value, DTensor) and all(p.is_replicate() for p in value.placements)]
+    return torch.cat(copies) if copies else torch.zeros(0)
+
+
 OPTIMIZERS = {
     "LowRankAdamW": lambda groups: lorenza.LowRankAdamW(groups, lr=1e-2, seed=3),
     "LowRankAdamW-random": lambda groups: lorenza.LowRankAdamW(groups, lr=1e-2, seed=3, projector="random"),
     "ProjFactor": lambda groups: lorenza.ProjFactor(groups, lr=1e-2, seed=3),
+    "ProjFactor-per-layer": lambda groups: lorenza.ProjFactor(groups, lr=1e-2, seed=3, per_layer=True),
+    "Lorenza": lambda groups: lorenza.Lorenza(groups, lr=1e-2, seed=3),
     "Lorenza+": lambda groups: lorenza.Lorenza(groups, lr=1e-2, seed=3, residual=True),
     "AdaZoSAM": lambda groups: lorenza.AdaZoSAM([p for g in groups for p in g["params"]], lr=1e-2, seed=3),
 }
-CLOSURE_STEP = ("Lorenza+", "AdaZoSAM")
+CLOSURE_STEP = ("Lorenza", "Lorenza+", "AdaZoSAM")
 
 
 def optimizer(name, model, gap):

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from distributed import run
+from lorenza.testing.processes import run
 from sharded_model import CLOSURE_STEP, OPTIMIZERS, batch, make_model, optimizer, shard, take_step, whole
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 

@@ -5,8 +5,8 @@ stay bit-identical and follow one process on the whole batch to rounding, over 1
 basis refreshes."""
 import pytest
 import torch
-import torch.distributed as dist
-from distributed import run
+from lorenza.testing.collectives import Tally
+from lorenza.testing.processes import run
 from torch.nn.parallel import DistributedDataParallel
 
 import lorenza
@@ -80,17 +80,10 @@ def per_layer_backward(rank, world_size, keep_out):
     opt = ProjFactor(lorenza.param_groups(model, rank=4), lr=1e-2, seed=7, per_layer=True)
     kept_out = keep_out_of_ddp(model, opt) if keep_out else []
     ddp = DistributedDataParallel(model)
-    sizes, all_reduce = [], dist.all_reduce
-
-    def counted(tensor, *args, **kwargs):
-        sizes.append(tensor.numel())
-        return all_reduce(tensor, *args, **kwargs)
-    dist.all_reduce = counted
-    try:
+    with Tally() as sent:
         ddp(torch.randn(4, 64)).square().mean().backward()
-    finally:
-        dist.all_reduce = all_reduce
-    return kept_out, sizes, [p.grad is not None for p in model.parameters()], sorted(ddp.parameters_to_ignore)
+    alive = [p.grad is not None for p in model.parameters()]
+    return kept_out, sent.sizes(), alive, sorted(ddp.parameters_to_ignore)
 
 
 def test_per_layer_projfactor_under_ddp_sends_projections_and_keeps_no_full_gradient():

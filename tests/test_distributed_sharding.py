@@ -3,8 +3,8 @@ only O((m + n) k) elements all-reduced; a projected weight's step and refresh un
 collective of its size; granularity folds shards where it can and says why where it cannot."""
 import pytest
 import torch
-import torch.distributed as dist
-from distributed import run
+from lorenza.testing.collectives import Tally
+from lorenza.testing.processes import run
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
@@ -25,37 +25,13 @@ def matrix(m, n, rank=None):
     return U * 0.7 ** torch.arange(min(m, n)) @ V.T
 
 
-class Collectives:
-    """Records the element count of every all-reduce, all-gather and broadcast while installed."""
-
-    NAMES = ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce_scatter_tensor")
-
-    def __init__(self):
-        self.sizes, self.saved = [], {}
-
-    def __enter__(self):
-        for name in self.NAMES:
-            original = self.saved[name] = getattr(dist, name)
-
-            def wrapped(tensor, *args, original=original, **kwargs):
-                tensors = tensor if isinstance(tensor, list) else [tensor]
-                self.sizes.append(sum(t.numel() for t in tensors))
-                return original(tensor, *args, **kwargs)
-            setattr(dist, name, wrapped)
-        return self
-
-    def __exit__(self, *exc):
-        for name, original in self.saved.items():
-            setattr(dist, name, original)
-
-
 def sharded_rsvd(rank, world_size, m, n, true_rank, r):
     A = matrix(m, n, true_rank)
     shard = RowShard(chunk_sizes(m, world_size), rank, None)
-    with Collectives() as sent:
+    with Tally() as sent:
         U, S, Vh = sharded.rsvd(A[shard.offset:shard.offset + shard.rows], r, 8, 1,
                                 lorenza.linalg.rsvd_key(SEED), shard)
-    return U, S, Vh, sent.sizes
+    return U, S, Vh, sent.sizes()
 
 
 @pytest.mark.parametrize("m, n, true_rank, world_size", [(64, 48, None, 3), (50, 70, None, 2), (40, 30, 3, 3),
@@ -74,7 +50,7 @@ def test_sharded_rsvd_equals_the_single_process_one(m, n, true_rank, world_size)
     k = min(r + 8, m, n)
     largest = max(size for *_, sizes in ranks for size in sizes)
     assert largest <= max(n * k, world_size * k * k)  # nothing of m x n
-    assert sum(ranks[0][3]) <= 2 * n * k + 2 * world_size * k * k + 2 * world_size * r
+    assert sum(ranks[0][3]) == 2 * (n * k + world_size * k * k) + world_size * r  # one power iteration
 
 
 def step_collectives(rank, world_size):
@@ -89,9 +65,9 @@ def step_collectives(rank, world_size):
     for _ in range(2):
         opt.zero_grad()
         model(torch.randn(16, 80)).square().mean().backward()
-        with Collectives() as sent:
+        with Tally() as sent:
             opt.step()
-        sizes.append(sent.sizes)
+        sizes.append(sent.sizes())
     return sizes
 
 
@@ -103,49 +79,60 @@ def test_a_projected_step_and_refresh_send_nothing_of_the_weight_size():
     assert max(refresh + step) < mn / 6
 
 
-def granularity_run(rank, world_size, rows, cols, granularity):
-    torch.manual_seed(0)
-    model = torch.nn.Linear(cols, rows, bias=False)
-    if world_size > 1:
-        fully_shard(model, mesh=init_device_mesh("cpu", (world_size,)))
-    opt = lorenza.LowRankAdamW([{"params": [model.weight], "rank": 2, "granularity": granularity,
-                                 "update_gap": 2}], lr=1e-2, seed=3)
-    torch.manual_seed(1)
-    x = torch.randn(world_size * 4, cols)[rank * 4:(rank + 1) * 4]
-    try:
-        for _ in range(3):
-            opt.zero_grad()
-            model(x).square().mean().backward()
-            opt.step()
-    except ValueError as err:
-        return str(err)
-    weight = model.weight
-    return weight.full_tensor() if world_size > 1 else weight.detach()
+GRANULAR = {  # closure: whether step() takes the closure
+    "LowRankAdamW": (lorenza.LowRankAdamW, False),
+    "ProjFactor": (lorenza.ProjFactor, False),
+    "Lorenza": (lorenza.Lorenza, True),
+}
+
+
+def granularity_run(rank, world_size, rows, cols, names):
+    """Each optimizer's ``rows x cols`` weight after 3 steps at granularity 2 on this rank's half of a
+    batch of 8 (the error message when the step refuses)."""
+    results = {}
+    for name in names:
+        make, closure_step = GRANULAR[name]
+        torch.manual_seed(0)
+        model = torch.nn.Linear(cols, rows, bias=False)
+        if world_size > 1:
+            fully_shard(model, mesh=init_device_mesh("cpu", (world_size,)))
+        group = {"params": [model.weight], "rank": 2, "granularity": 2, "update_gap": 2}
+        opt = make([group], lr=1e-2, seed=3)
+        torch.manual_seed(1)
+        x = torch.randn(8, cols)[rank * 8 // world_size:(rank + 1) * 8 // world_size]
+
+        def closure():
+            return model(x).square().mean()  # each rank's mean of its half; FSDP averages the halves
+        try:
+            for _ in range(3):
+                if closure_step:
+                    opt.step(closure)
+                else:
+                    opt.zero_grad()
+                    closure().backward()
+                    opt.step()
+        except ValueError as err:
+            results[name] = str(err)
+            continue
+        weight = model.weight
+        results[name] = weight.full_tensor() if world_size > 1 else weight.detach()
+    return results
 
 
 def test_granularity_folds_aligned_shards_like_one_process():
     # 8 x 6 on the right side at c = 2 (16 x 3 folded; 2 ranks hold 8 folded rows each); 4 x 12 on
     # the left at c = 2 (2 x 24; one folded row each)
     for rows, cols in ((8, 6), (4, 12)):
-        w0, w1 = run(granularity_run, 2, rows, cols, 2)
-        torch.manual_seed(0)
-        alone = torch.nn.Linear(cols, rows, bias=False)
-        opt = lorenza.LowRankAdamW([{"params": [alone.weight], "rank": 2, "granularity": 2, "update_gap": 2}],
-                                   lr=1e-2, seed=3)
-        torch.manual_seed(1)
-        x = torch.randn(8, cols)
-        for _ in range(3):
-            opt.zero_grad()
-            # each rank's mean over its 4 rows, averaged by FSDP: the mean over the 8
-            alone(x).square().mean().backward()
-            opt.step()
-        assert torch.equal(w0, w1)
-        torch.testing.assert_close(w0, alone.weight.detach(), rtol=0, atol=1e-6)
+        ranks = run(granularity_run, 2, rows, cols, list(GRANULAR))
+        alone = granularity_run(0, 1, rows, cols, list(GRANULAR))
+        for name in GRANULAR:
+            assert torch.equal(ranks[0][name], ranks[1][name]), name
+            torch.testing.assert_close(ranks[0][name], alone[name], rtol=0, atol=1e-6)
 
 
 def test_granularity_that_splits_folded_rows_names_the_parameter_shards_and_c():
     # 6 x 24 on the left at c = 2: blocks of 3 rows cannot hold whole pairs
-    messages = run(granularity_run, 2, 6, 24, 2)
-    for message in messages:
+    for ranks in run(granularity_run, 2, 6, 24, ["LowRankAdamW"]):
+        message = ranks["LowRankAdamW"]
         assert "parameter 0 (shape (6, 24))" in message and "[3, 3]" in message
         assert "granularity 2" in message

@@ -8,7 +8,7 @@ forward gathers the moved shards). FSDP2 has no public map from a parameter to i
 read from FSDP2's registry of module states, and a torch whose internals differ raises here rather
 than probing stale weights.
 """
-from torch.distributed.tensor import DTensor
+from .shards import DTensor
 
 
 def owners(params) -> list:

@@ -12,8 +12,8 @@ over rows all-reduced.
   the ``k x n`` matrix is computed identically on every rank.
 - The sign rule (each ``U`` column's largest entry positive) compares every rank's largest entries.
 
-Bytes moved: ``(2 p + 1) n k + (p + 1) world k^2 + 2 world rank`` floats for ``p`` power
-iterations; never ``m n``.
+Floats all-reduced: ``(p + 1) (n k + world k^2) + world rank`` for ``p`` power iterations; never
+``m n``.
 """
 import torch
 import torch.distributed as dist

@@ -8,7 +8,11 @@ sized as ``torch.chunk`` sizes them. The optimizers work on the local block; wha
 """
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor, Replicate, Shard
+
+try:
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+except ImportError:  # a torch built without distributed support: no tensor is a DTensor
+    DTensor = Replicate = Shard = type("Unavailable", (), {})
 
 
 def local(tensor):
@@ -74,6 +78,11 @@ def row_shard(tensor):
     dim = sharded[0]
     return RowShard(chunk_sizes(tensor.shape[0], mesh.size(dim)), mesh.get_local_rank(dim),
                     mesh.get_group(dim))
+
+
+def rows_of(param):
+    """``placed_like``'s ``rows`` for state shaped like ``param`` (None for a 0-dim one)."""
+    return param.shape[0] if param.dim() else None
 
 
 def placed_like(param, tensor: torch.Tensor, rows: int = None):

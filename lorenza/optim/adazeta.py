@@ -45,13 +45,14 @@ class AdaZeta(ZerothOrderOptimizer):
                                                       "epochs", "q_max")
 
     def __init__(self, params, lr=1e-4, zo_eps=1e-3, steps_per_epoch=None, shrink=0.85, rate=None,
-                 q_target=None, q_max=15, weight_decay=0.0, seed=None, *, epochs=None):
+                 q_target=None, q_max=15, weight_decay=0.0, seed=None, *, epochs=None,
+                 process_group=None):
         if steps_per_epoch is None:
             raise ValueError("AdaZeta needs steps_per_epoch: the number of optimizer steps in one epoch, "
                              "from which it counts epochs for its query schedule")
         super().__init__(params, dict(lr=lr, zo_eps=zo_eps, steps_per_epoch=steps_per_epoch, shrink=shrink,
                                       rate=rate, q_target=q_target, epochs=epochs, q_max=q_max,
-                                      weight_decay=weight_decay, seed=seed))
+                                      weight_decay=weight_decay, seed=seed), process_group)
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)

@@ -2,7 +2,7 @@
 import torch
 from torch.optim import Optimizer
 
-from ..distributed import agreed_seed
+from ..distributed import agreed_seed, data_parallel_group
 from . import _checks
 
 
@@ -15,11 +15,17 @@ class LorenzaOptimizer(Optimizer):
       (docs/algorithms.md, section 8).
     - ``load_state_dict`` keeps the state's own dtypes (float32 moments of bf16 parameters are
       not rounded to bf16 as ``torch.optim`` would do).
+    - ``process_group``: the ranks whose replicas the optimizer keeps in step under
+      ``torch.distributed`` (seed, probe losses, averaged projections); by default the device mesh
+      of DTensor parameters (FSDP2), else the default group (docs/distributed.md).
     """
 
-    def __init__(self, params, defaults: dict):
+    def __init__(self, params, defaults: dict, process_group=None):
+        params = list(params)
+        self.process_group = data_parallel_group(params) if process_group is None else process_group
         seed = defaults.get("seed")
-        super().__init__(params, dict(defaults, seed=agreed_seed() if seed is None else seed))
+        seed = agreed_seed(self.process_group) if seed is None else seed
+        super().__init__(params, dict(defaults, seed=seed))
 
     def _validate_group(self, group: dict) -> None:
         """Raise for invalid group values; subclasses extend it."""

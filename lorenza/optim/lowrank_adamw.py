@@ -20,8 +20,9 @@ class LowRankAdamW(ProjectedAdam):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=128,
-                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, granularity=1):
+                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, granularity=1, *,
+                 process_group=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                                       update_gap=update_gap, scale=scale, projector=projector,
                                       stagger=stagger,
-                                      granularity=granularity, seed=seed))
+                                      granularity=granularity, seed=seed), process_group)

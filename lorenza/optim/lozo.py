@@ -3,6 +3,7 @@ docs/algorithms.md, section 4)."""
 import torch
 
 from .. import ops
+from ..distributed.shards import DTensor
 from ..projector import work_dtype
 from ..random import Stream, stream_key
 from . import _checks
@@ -35,6 +36,9 @@ class LowRankDirection:
         self.key_v = factor_key(group, Stream.LOW_RANK_V, self.v_refresh, tensor_id)
 
     def check(self) -> None:
+        if isinstance(self.param, DTensor):
+            raise NotImplementedError("LOZO does not support DTensor (FSDP2-sharded) parameters yet; "
+                                      "under DDP or on one process it does")
         ops.check_backend("low_rank_add", self.param.device)  # any layout is written in place
         ops.check_backend("noise", self.param.device)  # LOZO-M makes U itself
 
@@ -84,9 +88,9 @@ class LOZO(ZerothOrderOptimizer):
     """
 
     def __init__(self, params, lr=1e-7, zo_eps=1e-3, rank=2, nu=50, momentum=0.0, weight_decay=0.0,
-                 seed=None):
+                 seed=None, *, process_group=None):
         super().__init__(params, dict(lr=lr, zo_eps=zo_eps, rank=rank, nu=nu, momentum=momentum,
-                                      weight_decay=weight_decay, seed=seed))
+                                      weight_decay=weight_decay, seed=seed), process_group)
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)

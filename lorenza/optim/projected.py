@@ -29,10 +29,10 @@ class ProjectedOptimizer(LorenzaOptimizer):
     update of every parameter with something to apply.
     """
 
-    def __init__(self, params, defaults: dict):
+    def __init__(self, params, defaults: dict, process_group=None):
         params = list(params)
         self._rank_only_where_named = any(isinstance(g, dict) and "rank" in g for g in params)
-        super().__init__(params, {**PROJECTION_DEFAULTS, **defaults})
+        super().__init__(params, {**PROJECTION_DEFAULTS, **defaults}, process_group)
 
     def add_param_group(self, param_group: dict) -> None:
         param_group = dict(param_group)
@@ -105,9 +105,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
         refresh = proj.last_refresh(step, gap, self._refresh_offset(param, group))
         seed = stream_key(group["seed"], Stream.BASIS, tensor_id, refresh)
         c = group["granularity"]
-        shard = row_shard(param)
-        if shard is not None:
-            shard = shard.folded(side, c, f"parameter {tensor_id} (shape {tuple(param.shape)})")
+        shard = self.folded_shard(param, side, c, tensor_id)
         if kind == "random":  # regenerated, never stored
             basis = proj.compute_basis(local(param), group["rank"], side, kind, seed, c, shard)
         elif grad is not None and (refresh == step or "basis" not in state):
@@ -115,6 +113,13 @@ class ProjectedOptimizer(LorenzaOptimizer):
         else:
             basis = local(state["basis"])
         return proj.Projection(basis, side, kind, local(param).shape, c, shard)
+
+    @staticmethod
+    def folded_shard(param, side: str, granularity: int, tensor_id: int):
+        """The ``RowShard`` of the parameter's projected view, None unless it is sharded by rows."""
+        shard = row_shard(param)
+        what = f"parameter {tensor_id} (shape {tuple(param.shape)})"
+        return None if shard is None else shard.folded(side, granularity, what)
 
     @staticmethod
     def placed_basis(param, projection):
@@ -165,7 +170,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
         if closure is not None or self.state or any(group["lr"] != 0 for group in self.param_groups):
             return False
         grads = [param.grad for _, param, _ in self.params_with_ids() if param.grad is not None]
-        if not grads or any_over_ranks(any(bool(local(grad).any()) for grad in grads)):
+        real = not grads or any(bool(local(grad).any()) for grad in grads)
+        if any_over_ranks(real, self.process_group, grads[0].device if grads else None):  # one answer for all
             return False
         self.init_state()
         return True
@@ -188,9 +194,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
         if not self.is_projected(param, group):
             return None
         side, c = proj.side_for(param.shape, group["proj_type"]), group["granularity"]
-        shard = row_shard(param)
-        if shard is not None:
-            shard = shard.folded(side, c, f"parameter {tensor_id} (shape {tuple(param.shape)})")
+        shard = self.folded_shard(param, side, c, tensor_id)
         shape = local(param).shape
         basis = torch.zeros(proj.basis_shape(proj.folded_shape(shape, side, c), group["rank"], side),
                             dtype=proj.work_dtype(param.dtype), device=param.device)

@@ -4,7 +4,7 @@ import math
 from collections import defaultdict
 
 from .. import ops
-from ..distributed.shards import local
+from ..distributed.shards import local, rows_of
 from .projected import ProjectedOptimizer
 
 
@@ -63,7 +63,7 @@ class ProjectedAdam(ProjectedOptimizer):
     def moment_shapes(self, param, projection) -> dict:
         """``_moments``' shapes of Adam's two moments: in the subspace, or shaped like the parameter."""
         if projection is None:
-            shape, rows = local(param).shape, (param.shape[0] if param.dim() else None)
+            shape, rows = local(param).shape, rows_of(param)
         else:
             shape, rows = projection.subspace_shape(), self.subspace_rows(projection)
         return {"exp_avg": (shape, rows), "exp_avg_sq": (shape, rows)}

@@ -6,7 +6,7 @@ import weakref
 import torch
 
 from ..distributed import mean_
-from ..distributed.shards import local, row_shard
+from ..distributed.shards import local, row_shard, rows_of
 from ..projector import work_dtype
 from .projected import ProjectedOptimizer
 
@@ -21,7 +21,7 @@ def matrix_shape(tensor: torch.Tensor):
     """The ``rows x cols`` view whose row and column statistics a parameter keeps: itself when 2-D,
     ``(shape[0], rest)`` for more dimensions, ``(numel, 1)`` (full Adam statistics) for fewer."""
     if tensor.dim() >= 2:
-        return tensor.shape[0], tensor.numel() // tensor.shape[0]
+        return tensor.shape[0], math.prod(tensor.shape[1:])  # an empty shard has 0 rows
     return tensor.numel(), 1
 
 
@@ -86,12 +86,13 @@ class ProjFactor(ProjectedOptimizer):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=32,
-                 granularity=1, update_gap=100, scale=1.0, seed=None, *, per_layer=False):
+                 granularity=1, update_gap=100, scale=1.0, seed=None, *, per_layer=False,
+                 process_group=None):
         self.per_layer = per_layer
         self._hooks, self._owners = [], {}
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                                       update_gap=update_gap, scale=scale, projector="random", seed=seed,
-                                      granularity=granularity))
+                                      granularity=granularity), process_group)
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -142,10 +143,14 @@ class ProjFactor(ProjectedOptimizer):
             _PER_LAYER_OWNERS.pop(id(param), None)
         self._hooks = []
 
+    def _hooked(self) -> set:
+        """The ids of the parameters projected in backward."""
+        return {id(param) for param, _ in self._hooks}
+
     def reduced_in_backward(self) -> list:
         """The parameters whose gradients the per-layer hooks project and average over the ranks
         themselves (``lorenza.distributed.ddp.keep_out_of_ddp`` leaves them out of DDP)."""
-        hooked = {id(param) for param, _ in self._hooks}
+        hooked = self._hooked()
         return [param for group, param, _ in self.params_with_ids()
                 if id(param) in hooked and self.is_projected(param, group)]
 
@@ -157,7 +162,7 @@ class ProjFactor(ProjectedOptimizer):
             return
         projected = projection.project(local(param.grad))
         if projection.shard is None:  # data parallel: average the m x r projection, not the m x n gradient
-            mean_(projected)
+            mean_(projected, self.process_group)
         state = self.state[param]
         if "projected_grad" in state:
             state["projected_grad"].add_(projected)
@@ -183,7 +188,7 @@ class ProjFactor(ProjectedOptimizer):
         """Under DDP, a weight whose gradient the hook projected (and freed) gets a gradient again
         when DDP copies back its reduced bucket, all zeros since the hook left DDP nothing: dropped
         here, so that it is neither projected again nor kept alive."""
-        hooked = {id(param) for param, _ in self._hooks}
+        hooked = self._hooked()
         for param, state in self.state.items():
             if id(param) in hooked and "projected_grad" in state:
                 param.grad = None
@@ -226,12 +231,11 @@ class ProjFactor(ProjectedOptimizer):
         rows, the column statistics whole on every rank."""
         weight = local(param)
         rows, cols = matrix_shape(weight)
-        global_rows = matrix_shape(param)[0] if param.dim() else None
         if projection is None:
-            m_shape, m_rows = weight.shape, (param.shape[0] if param.dim() else None)
+            m_shape, m_rows = weight.shape, rows_of(param)
         else:
             m_shape, m_rows = projection.subspace_shape(), self.subspace_rows(projection)
-        return {"exp_avg": (m_shape, m_rows), "exp_avg_sq_row": ((rows,), global_rows),
+        return {"exp_avg": (m_shape, m_rows), "exp_avg_sq_row": ((rows,), rows_of(param)),
                 "exp_avg_sq_col": ((cols,), None)}
 
     @staticmethod

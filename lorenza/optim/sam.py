@@ -4,7 +4,7 @@ import warnings
 
 import torch
 
-from ..distributed import fsdp, shards
+from ..distributed import fsdp, mean_over_ranks, shards
 from . import _checks, two_point
 from .directions import ProbeDirection, one_hot, probe_keys
 from .projected_adam import ProjectedAdam
@@ -26,8 +26,8 @@ class ZerothOrderSAM(ProjectedAdam):
     counts k (saved in ``state_dict``) and advances even when an update is skipped.
     """
 
-    def __init__(self, params, defaults: dict):
-        super().__init__(params, dict(defaults, zo_step=0))
+    def __init__(self, params, defaults: dict, process_group=None):
+        super().__init__(params, dict(defaults, zo_step=0), process_group)
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -66,7 +66,7 @@ class ZerothOrderSAM(ProjectedAdam):
         def move(j, alpha):
             self._move(directions, lambda d: one_hot(j, alpha, queries))
         coeffs, loss, failed = two_point.estimates(closure, move, queries, directions[0].group["zo_eps"],
-                                                   type(self).__name__, devices)
+                                                   type(self).__name__, devices, group=self.process_group)
         if failed:
             warnings.warn(f"{type(self).__name__}: non-finite loss in a zeroth-order probe "
                           f"(f+={failed[1]}, f-={failed[2]}); skipping the SAM ascent this step",
@@ -141,7 +141,9 @@ class ZerothOrderSAM(ProjectedAdam):
             ascent = self._ascent(directions, coeffs) if coeffs else None
             if coeffs is None:
                 loss = None  # the probe's loss was not finite: report the loss at the SAM point
-        sam_loss = self._sam_gradient(closure, trainable, directions, ascent)
+        # the whole batch's loss: each rank's is its own share, and all must skip alike
+        sam_loss, = mean_over_ranks(self._sam_gradient(closure, trainable, directions, ascent),
+                                    group=self.process_group)
         for group in self.param_groups:  # the probe seed moves on, even if the update is skipped
             group["zo_step"] += 1
         if not torch.isfinite(sam_loss):

@@ -51,7 +51,7 @@ def _set_rng_state(state, devices) -> None:
         torch.cuda.set_rng_state(cuda_state, device)
 
 
-def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True):
+def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True, group=None):
     """``(f(W + mu D), f(W - mu D))`` as detached scalar tensors, where ``move(alpha)`` does
     ``W += alpha * D``.
 
@@ -60,7 +60,8 @@ def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True
     measures the perturbation alone; the generators end as after one evaluation. The weights are
     back at ``W`` afterwards (``restore``), or left at ``W - mu D`` for a caller that fuses the
     restore into its update. If the closure fails, the weights are put back at ``W`` first. Under
-    ``torch.distributed`` both losses are averaged over the ranks (one collective of 2 numbers).
+    ``torch.distributed`` both losses are averaged over the ranks of ``group`` (one collective of 2
+    numbers).
     """
     start = _rng_state(devices)
     move(mu)
@@ -72,10 +73,11 @@ def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True
         move(mu)
     # data parallel: each rank's closure saw its own batch; the pair averaged over the ranks is the
     # pair of the whole batch, so every rank takes the same step (a NaN on one rank reaches all)
-    return mean_over_ranks(loss_plus.detach(), loss_minus.detach())
+    return mean_over_ranks(loss_plus.detach(), loss_minus.detach(), group=group)
 
 
-def estimates(closure, move, queries: int, mu: float, name: str, devices=(), restore_last: bool = True):
+def estimates(closure, move, queries: int, mu: float, name: str, devices=(), restore_last: bool = True,
+              group=None):
     """The two-point estimates ``c_j = (f+ - f-) / (2 mu)`` of directions ``j = 0 .. queries - 1``,
     where ``move(j, alpha)`` does ``W += alpha * D_j``.
 
@@ -89,7 +91,7 @@ def estimates(closure, move, queries: int, mu: float, name: str, devices=(), res
         def move_j(alpha, j=j):
             move(j, alpha)
         restore = restore_last or j < queries - 1
-        loss_plus, loss_minus = losses(closure, move_j, mu, name, devices, restore=restore)
+        loss_plus, loss_minus = losses(closure, move_j, mu, name, devices, restore=restore, group=group)
         if loss is None:
             loss = (loss_plus + loss_minus) / 2
         plus, minus = float(loss_plus), float(loss_minus)

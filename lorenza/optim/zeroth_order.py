@@ -3,6 +3,7 @@ import warnings
 
 import torch
 
+from ..distributed import fsdp
 from . import _checks, two_point
 from .base import LorenzaOptimizer
 from .directions import ProbeDirection, one_hot, probe_keys
@@ -36,8 +37,8 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
 
     shared_keys = ("zo_eps",)  # one probe moves every group: these must agree across groups
 
-    def __init__(self, params, defaults: dict):
-        super().__init__(params, dict(defaults, zo_step=0))
+    def __init__(self, params, defaults: dict, process_group=None):
+        super().__init__(params, dict(defaults, zo_step=0), process_group)
 
     def add_param_group(self, param_group: dict) -> None:
         if self.param_groups and "zo_step" not in param_group:  # a late group joins the step count
@@ -92,13 +93,16 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
         for direction in directions:
             direction.check()
         mu = self.param_groups[0]["zo_eps"]
+        gathered = fsdp.owners(p for _, p, _ in trainable)  # FSDP2 modules to reshard after moves
 
         def move(j, alpha):
             for direction in directions:
                 direction.move_(one_hot(j, alpha, queries))
+            fsdp.reshard(gathered)
         coeffs, loss, failed = two_point.estimates(closure, move, queries, mu, name,
                                                    two_point.cuda_devices(p for _, p, _ in trainable),
-                                                   restore_last=False)  # the update restores
+                                                   restore_last=False,  # the update restores
+                                                   group=self.process_group)
         if failed:
             j, plus, minus = failed
             warnings.warn(f"{name}: non-finite loss in probe {j} of step {self.zo_step} (f+={plus}, "
@@ -106,6 +110,7 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
         else:
             for direction in directions:
                 self._update_one(direction, coeffs, mu)
+            fsdp.reshard(gathered)
         for group in self.param_groups:
             group["zo_step"] += 1
         return loss

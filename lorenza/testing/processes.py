@@ -1,7 +1,8 @@
-"""Run a function on several gloo processes of this machine, for the tests of lorenza under
-``torch.distributed``: a free port per run, one thread per process (2 spinning threads on 2 cores run
-20x slower), a timeout, and every process torn down whatever happens."""
+"""Run a function on several gloo processes of this machine, for the tests and benchmarks of lorenza
+under ``torch.distributed``: a free port per run, one thread per process (2 spinning threads on 2
+cores run 20x slower), a timeout, and every process torn down whatever happens."""
 import datetime
+import gc
 import io
 import os
 import socket
@@ -24,6 +25,8 @@ def _worker(rank, world_size, port, fn, args, results):
     try:
         result = io.BytesIO()  # by value: a tensor sent as shared memory dies with this process
         torch.save(fn(rank, world_size, *args), result)
+        gc.collect()  # what fn built on the group (a DDP reducer) goes before the group does
+        dist.barrier()  # and no rank tears the group down while another still uses it
         results.put((rank, result.getvalue()))
     finally:
         dist.destroy_process_group()

@@ -1,0 +1,34 @@
+"""What ``torch.distributed`` collectives send, counted, for the tests and benchmarks of lorenza
+under ``torch.distributed``."""
+import torch.distributed as dist
+
+OPTIMIZER = ("all_reduce", "broadcast")  # what lorenza's optimizers call
+FSDP = ("all_gather_into_tensor", "reduce_scatter_tensor", "all_gather")  # what FSDP2 calls
+
+
+class Tally:
+    """While installed (``with Tally() as sent``), every call of the collectives ``names`` is
+    recorded in ``sent.calls`` as ``(name, elements)``; DDP's reducer, which calls the process group
+    directly, is not seen."""
+
+    def __init__(self, names=OPTIMIZER + FSDP):
+        self.names, self.calls, self._saved = tuple(names), [], {}
+
+    def __enter__(self):
+        for name in self.names:
+            original = self._saved[name] = getattr(dist, name)
+
+            def counted(tensor, *args, name=name, original=original, **kwargs):
+                tensors = tensor if isinstance(tensor, list) else [tensor]
+                self.calls.append((name, sum(t.numel() for t in tensors)))
+                return original(tensor, *args, **kwargs)
+            setattr(dist, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self._saved.items():
+            setattr(dist, name, original)
+
+    def sizes(self, names=OPTIMIZER) -> list:
+        """The element counts of the calls of ``names``, in order."""
+        return [count for name, count in self.calls if name in names]
