@@ -97,12 +97,11 @@ def run(model: str = "60m", world_size: int = 2, rank: int = 128, steps: int = 9
     weights = 4 * sum(math.prod(shape) for shape, _ in llama_shapes(model))
     rows = []
     for name, (step, refresh, sent, sent_refresh, state) in results.items():
-        rows.append([name, f"{1e3 * step:.0f}", f"{1e3 * refresh:.0f}", f"{step / baseline[0]:.2f}x",
-                     f"{sent / 2**10:.2f}", f"{sent_refresh / 2**10:.1f}", f"{state / 2**20:.1f}",
-                     f"{state / baseline[4]:.2f}"])
+        rows.append([name, round(1e3 * step), round(1e3 * refresh), step / baseline[0], round(sent),
+                     round(sent_refresh), state / 2**20, state / baseline[4]])
     print_table(f"FSDP2, LLaMA-{model} shapes ({weights / 2**20:.0f} MiB of fp32 weights: what FSDP gathers "
                 f"per forward), rank {rank}, {world_size} gloo ranks (CPU, 1 thread each), refresh every "
-                f"{GAP} steps; KiB sent by the optimizer per step, MiB of state per rank",
-                ["optimizer", "ms/step", "ms/refresh step", "vs AdamW", "KiB/step", "KiB/refresh step",
-                 "state MiB/rank", "state vs AdamW"], rows)
+                f"{GAP} steps; bytes the optimizer sends per step, MiB of state per rank",
+                ["optimizer", "ms/step", "ms/refresh step", "x AdamW", "bytes/step", "bytes/refresh step",
+                 "state MiB/rank", "state / AdamW"], rows)
     return results

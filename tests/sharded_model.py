@@ -4,6 +4,7 @@ import torch
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 
 import lorenza
 
@@ -19,13 +20,16 @@ def make_model():
                                torch.nn.Linear(4, 3))
 
 
-def shard(model, world_size, hsdp=False):
-    """One FSDP unit per linear layer, the first keeping its gathered weights after forward, and
-    the root; ``hsdp`` shards on the second dimension of a ``1 x world_size`` mesh (HSDP's
-    placements, replicated over the first). Nothing in a single process."""
+def shard(model, world_size, engine="fsdp"):
+    """``model`` as ``engine`` runs it: ``"fsdp"``, one FSDP unit per linear layer, the first keeping
+    its gathered weights after forward, and the root; ``"hsdp"`` the same on the second dimension of
+    a ``1 x world_size`` mesh (HSDP's placements, replicated over the first); ``"ddp"`` wrapped in
+    DDP. Returns the module to call. Nothing in a single process."""
     if world_size == 1:
         return model
-    if hsdp:
+    if engine == "ddp":
+        return DistributedDataParallel(model)
+    if engine == "hsdp":
         mesh = init_device_mesh("cpu", (1, world_size), mesh_dim_names=("replicate", "shard"))
     else:
         mesh = init_device_mesh("cpu", (world_size,))
@@ -43,15 +47,18 @@ def batch(rank, world_size, step=0):
     return x[rows], y[rows]
 
 
-def take_step(model, opt, x, y, closure_step: bool) -> None:
-    def closure():
-        return torch.nn.functional.mse_loss(model(x), y)
+def step_with(opt, closure, closure_step: bool) -> None:
+    """One step: ``opt.step(closure)``, or ``closure()``'s backward and ``opt.step()``."""
     if closure_step:
         opt.step(closure)
     else:
         opt.zero_grad()
         closure().backward()
         opt.step()
+
+
+def take_step(model, opt, x, y, closure_step: bool) -> None:
+    step_with(opt, lambda: torch.nn.functional.mse_loss(model(x), y), closure_step)
 
 
 def whole(model) -> torch.Tensor:

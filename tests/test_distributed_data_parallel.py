@@ -5,13 +5,13 @@ stay bit-identical and follow one process on the whole batch to rounding, over 1
 basis refreshes."""
 import pytest
 import torch
-from lorenza.testing.collectives import Tally
-from lorenza.testing.processes import run
 from torch.nn.parallel import DistributedDataParallel
 
 import lorenza
 from lorenza import LOZO, AdaZoSAM, Lorenza, LowRankAdamW, MeZO, ProjFactor
 from lorenza.distributed.ddp import keep_out_of_ddp
+from lorenza.testing.collectives import Tally
+from lorenza.testing.processes import run
 
 STEPS, GAP = 10, 4
 # Relative distance allowed from the single process: about 10x what this machine shows (MeZO 1.1e-5,

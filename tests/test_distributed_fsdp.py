@@ -15,7 +15,7 @@ STEPS, GAP = 10, 4  # refreshes at steps 0, 4 and 8
 TOLERANCE = 2e-5
 
 
-def train(rank, world_size, names, hsdp=False, reshard=True):
+def train(rank, world_size, names, engine="fsdp", reshard=True):
     """Each optimizer's weights after ``STEPS`` steps, this rank on its share of each batch, and this
     rank's copy of the state every rank holds whole. ``reshard=False`` leaves FSDP's gathered
     weights as they are when an optimizer moves the shards (what the optimizers must not do)."""
@@ -23,7 +23,7 @@ def train(rank, world_size, names, hsdp=False, reshard=True):
         lorenza.distributed.fsdp.reshard = lambda modules: None
     results = {}
     for name in names:
-        model = shard(make_model(), world_size, hsdp)
+        model = shard(make_model(), world_size, engine)
         opt = optimizer(name, model, GAP)
         for step in range(STEPS):
             take_step(model, opt, *batch(rank, world_size, step), name in CLOSURE_STEP)
@@ -35,10 +35,10 @@ def distance(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("world_size, hsdp", [(2, False), (3, False), (2, True)])
-def test_each_optimizer_on_sharded_weights_steps_as_one_process(world_size, hsdp):
+@pytest.mark.parametrize("world_size, engine", [(2, "fsdp"), (3, "fsdp"), (2, "hsdp")])
+def test_each_optimizer_on_sharded_weights_steps_as_one_process(world_size, engine):
     names = list(OPTIMIZERS)
-    ranks = run(train, world_size, names, hsdp, timeout=300)
+    ranks = run(train, world_size, names, engine, timeout=300)
     alone = train(0, 1, names)
     for name in names:
         weights, state = ranks[0][name]
@@ -51,7 +51,7 @@ def test_probes_would_see_stale_weights_without_resharding():
     # the first unit keeps its gathered weights after forward: unless the optimizer reshards it after
     # moving its shards, the next probe's forward runs on the weights before the move
     names = ["Lorenza", "AdaZoSAM"]
-    stale = run(train, 2, names, False, False)[0]
+    stale = run(train, 2, names, "fsdp", False)[0]
     alone = train(0, 1, names)
     for name in names:
         assert distance(stale[name][0], alone[name][0]) > 1e-3, name

@@ -1,9 +1,9 @@
 """Under ``torch.distributed``, optimizers built with no seed share rank 0's, so every replica draws
 the same noise; each rank's default generator advances as in a single process."""
 import torch
-from lorenza.testing.processes import run
 
 from lorenza import LOZO, Lorenza, LowRankAdamW, MeZO
+from lorenza.testing.processes import run
 
 OPTIMIZERS = (lambda p: LowRankAdamW([p], rank=2), lambda p: Lorenza([p], rank=2), lambda p: MeZO([p]),
               lambda p: LOZO([p], rank=2))

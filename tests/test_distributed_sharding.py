@@ -3,14 +3,15 @@ only O((m + n) k) elements all-reduced; a projected weight's step and refresh un
 collective of its size; granularity folds shards where it can and says why where it cannot."""
 import pytest
 import torch
-from lorenza.testing.collectives import Tally
-from lorenza.testing.processes import run
+from sharded_model import step_with
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 import lorenza
 from lorenza.distributed import rsvd as sharded
 from lorenza.distributed.shards import RowShard, chunk_sizes
+from lorenza.testing.collectives import Tally
+from lorenza.testing.processes import run
 
 SEED = 11
 
@@ -105,12 +106,7 @@ def granularity_run(rank, world_size, rows, cols, names):
             return model(x).square().mean()  # each rank's mean of its half; FSDP averages the halves
         try:
             for _ in range(3):
-                if closure_step:
-                    opt.step(closure)
-                else:
-                    opt.zero_grad()
-                    closure().backward()
-                    opt.step()
+                step_with(opt, closure, closure_step)
         except ValueError as err:
             results[name] = str(err)
             continue
