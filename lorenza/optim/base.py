@@ -10,7 +10,8 @@ class LorenzaOptimizer(Optimizer):
     """``torch.optim.Optimizer`` plus the conventions of this package.
 
     - ``seed`` is a param-group key (saved in ``state_dict``; drawn from torch's default generator
-      when None, rank 0's under ``torch.distributed`` so that every replica draws the same noise);
+      when None, the first rank's of ``process_group`` under ``torch.distributed``, so that every
+      replica draws the same noise);
       noise keys derive from it, the parameter's position (its tensor id) and a step
       (docs/algorithms.md, section 8).
     - ``load_state_dict`` keeps the state's own dtypes (float32 moments of bf16 parameters are
