@@ -3,7 +3,7 @@ docs/algorithms.md, section 4)."""
 import torch
 
 from .. import ops
-from ..distributed.shards import DTensor
+from ..distributed.shards import local, placed_like, row_shard
 from ..projector import work_dtype
 from ..random import Stream, stream_key
 from . import _checks
@@ -18,43 +18,51 @@ def factor_key(group: dict, stream: Stream, step: int, tensor_id: int) -> int:
 
 
 def low_rank_factor(group: dict, stream: Stream, step: int, tensor_id: int, rows: int,
-                    device) -> torch.Tensor:
-    """``U`` or ``V`` (see :func:`factor_key`): a ``rows x rank`` Gaussian in float32."""
-    return ops.randn((rows, group["rank"]), factor_key(group, stream, step, tensor_id), device=device)
+                    device, first_row: int = 0) -> torch.Tensor:
+    """``U`` or ``V`` (see :func:`factor_key`): rows ``first_row .. first_row + rows - 1`` of the
+    Gaussian factor, in float32."""
+    rank = group["rank"]
+    return ops.randn((rows, rank), factor_key(group, stream, step, tensor_id), device=device,
+                     start=first_row * rank)
 
 
 class LowRankDirection:
     """LOZO's direction ``D = U V^T`` of a 2-D weight, regenerated at every move; neither ``U V^T``
-    nor (in the Triton kernel) ``U`` and ``V`` is written to memory."""
+    nor (in the Triton kernel) ``U`` and ``V`` is written to memory.
+
+    For a weight sharded by rows (FSDP2) each rank moves its rows: ``U``'s rows for them (made here,
+    ``rows x rank``), ``V`` whole."""
 
     def __init__(self, param, group, tensor_id):
         step = group["zo_step"]
         self.param, self.group, self.tensor_id = param, group, tensor_id
+        self.weight, self.shard = local(param), row_shard(param)
         self.v_refresh = step - step % group["nu"]
         self.step = step
         self.key_u = factor_key(group, Stream.LOW_RANK_U, step, tensor_id)
         self.key_v = factor_key(group, Stream.LOW_RANK_V, self.v_refresh, tensor_id)
 
     def check(self) -> None:
-        if isinstance(self.param, DTensor):
-            raise NotImplementedError("LOZO does not support DTensor (FSDP2-sharded) parameters yet; "
-                                      "under DDP or on one process it does")
         ops.check_backend("low_rank_add", self.param.device)  # any layout is written in place
         ops.check_backend("noise", self.param.device)  # LOZO-M makes U itself
 
     def move_(self, coeffs, scale: float = 1.0) -> None:
         (alpha,) = coeffs
-        ops.low_rank_add_(self.param, alpha, scale, self.group["rank"], self.key_v, key_u=self.key_u)
+        if self.shard is None:
+            ops.low_rank_add_(self.weight, alpha, scale, self.group["rank"], self.key_v, key_u=self.key_u)
+        else:
+            self.add_(self.U, alpha, scale)
 
     def add_(self, left: torch.Tensor, alpha: float, scale: float) -> None:
-        """``param = scale * param + alpha * left V^T`` for an ``m x rank`` ``left``."""
-        ops.low_rank_add_(self.param, alpha, scale, self.group["rank"], self.key_v, left=left)
+        """``param = scale * param + alpha * left V^T`` for a ``left`` of this rank's rows."""
+        ops.low_rank_add_(self.weight, alpha, scale, self.group["rank"], self.key_v, left=left)
 
     @property
     def U(self) -> torch.Tensor:
-        """This step's ``U`` (``m x rank``, float32), made only where it is needed (LOZO-M)."""
-        return low_rank_factor(self.group, Stream.LOW_RANK_U, self.step, self.tensor_id, self.param.shape[0],
-                               self.param.device)
+        """This step's ``U`` (its rows for this rank's rows, float32), made only where it is needed."""
+        first_row = 0 if self.shard is None else self.shard.offset
+        return low_rank_factor(self.group, Stream.LOW_RANK_U, self.step, self.tensor_id,
+                               self.weight.shape[0], self.param.device, first_row)
 
     @property
     def V(self) -> torch.Tensor:
@@ -117,10 +125,11 @@ class LOZO(ZerothOrderOptimizer):
     def _momentum_low_rank(self, direction, c, beta, mu):
         param, group = direction.param, direction.group
         state, U = self.state[param], direction.U.to(work_dtype(param.dtype))
-        N = state.get("momentum_buffer")
-        if N is None:
-            state["momentum_buffer"] = N = c * U
-        else:
+        first = "momentum_buffer" not in state
+        if first:  # sharded by rows like the weight
+            state["momentum_buffer"] = placed_like(param, c * U, param.shape[0])
+        N = local(state["momentum_buffer"])
+        if not first:
             basis = int(state["momentum_v_refresh"])
             if basis != direction.v_refresh:  # V changed: carry N over to the new basis
                 V_old, V = direction.V_of(basis).to(N.dtype), direction.V.to(N.dtype)
@@ -136,12 +145,14 @@ class LOZO(ZerothOrderOptimizer):
         param, group = direction.param, direction.group
         state = self.state[param]
         first = "momentum_buffer" not in state
-        if first:
+        if first:  # placed like the weight (a DTensor for a DTensor)
             state["momentum_buffer"] = torch.zeros_like(param, dtype=work_dtype(param.dtype),
                                                         memory_format=torch.contiguous_format)
-        flat_w, flat_n = param.view(-1), state["momentum_buffer"].view(-1)
+        weight = direction.weight
+        flat_w, flat_n = weight.view(-1), local(state["momentum_buffer"]).view(-1)
         scale, lr = self.decay_scale(param, group), group["lr"]
-        for start, z in ops.chunks(param.numel(), 1.0, direction.keys[0], param.device):
+        for start, z in ops.chunks(weight.numel(), 1.0, direction.keys[0], param.device,
+                                   direction.first):
             w, n = flat_w[start:start + z.numel()], flat_n[start:start + z.numel()]
             z = z.to(n.dtype)  # float64 for float64 weights
             if first:
