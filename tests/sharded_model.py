@@ -84,8 +84,20 @@ OPTIMIZERS = {
     "Lorenza+": lambda groups: lorenza.Lorenza(groups, lr=1e-2, seed=3, residual=True),
     "AdaZoSAM": lambda groups: lorenza.AdaZoSAM([p for g in groups for p in g["params"]], lr=1e-2, seed=3),
 }
-CLOSURE_STEP = ("Lorenza", "Lorenza+", "AdaZoSAM")
+ZEROTH_ORDER = {
+    "MeZO": lambda params: lorenza.MeZO(params, lr=1e-2, seed=5),
+    "LOZO": lambda params: lorenza.LOZO(params, lr=1e-2, rank=2, nu=3, seed=5),
+    "LOZO-M": lambda params: lorenza.LOZO(params, lr=1e-2, rank=2, nu=3, momentum=0.9, seed=5),
+    # with steps_per_epoch=1: 1, 1, 2, 3, 3, 3 ... queries from step 0 on
+    "AdaZeta": lambda params: lorenza.AdaZeta(params, lr=1e-2, steps_per_epoch=1, shrink=1.0, rate=1.0,
+                                              q_max=3, seed=5),
+}
+CLOSURE_STEP = ("Lorenza", "Lorenza+", "AdaZoSAM", *ZEROTH_ORDER)
 
 
 def optimizer(name, model, gap):
+    """Optimizer ``name`` of ``OPTIMIZERS`` (on ``param_groups`` of rank 2, refreshing every ``gap``
+    steps) or of ``ZEROTH_ORDER`` (on every parameter)."""
+    if name in ZEROTH_ORDER:
+        return ZEROTH_ORDER[name](model.parameters())
     return OPTIMIZERS[name](lorenza.param_groups(model, rank=2, update_gap=gap))

@@ -1,12 +1,14 @@
 """Zeroth-order optimizers across processes: under FSDP2 each rank moves its own rows with the noise of
-their global element indices and the probe pairs are averaged over the ranks, so MeZO and AdaZeta
-follow one process on the whole batch (uneven and empty shards, with and without
-``reshard_after_forward``); a probe that is not finite on one rank only is skipped on every rank."""
+their global element indices and the probe pairs are averaged over the ranks, so MeZO, LOZO, LOZO-M
+and AdaZeta follow one process on the whole batch (uneven and empty shards, with and without
+``reshard_after_forward``); a step sends two numbers per query beside FSDP's own gathers; a probe
+that is not finite on one rank only is skipped on every rank."""
 import pytest
 import torch
-from sharded_model import batch, make_model, shard, take_step, whole
+from sharded_model import ZEROTH_ORDER, batch, make_model, optimizer, shard, take_step, whole
 
-from lorenza import LOZO, AdaZeta, MeZO
+from lorenza import MeZO
+from lorenza.testing.collectives import FSDP, Tally
 from lorenza.testing.processes import run
 
 STEPS = 6
@@ -15,21 +17,13 @@ STEPS = 6
 # against moves of 3% to 18%): a zeroth-order estimate divides a loss difference by 2 * zo_eps,
 # magnifying the rounding of the ranks' averaged losses.
 TOLERANCE = 1e-4
-OPTIMIZERS = {
-    "MeZO": lambda model: MeZO(model.parameters(), lr=1e-2, seed=5),
-    "LOZO": lambda model: LOZO(model.parameters(), lr=1e-2, rank=2, nu=3, seed=5),
-    "LOZO-M": lambda model: LOZO(model.parameters(), lr=1e-2, rank=2, nu=3, momentum=0.9, seed=5),
-    # 1, 1, 2, 3, 3 and 3 queries over the 6 steps
-    "AdaZeta": lambda model: AdaZeta(model.parameters(), lr=1e-2, steps_per_epoch=1, shrink=1.0, rate=1.0,
-                                     q_max=3, seed=5),
-}
 
 
 def train(rank, world_size, names):
     results = {}
     for name in names:
         model = shard(make_model(), world_size)
-        opt = OPTIMIZERS[name](model)
+        opt = optimizer(name, model, None)
         for step in range(STEPS):
             take_step(model, opt, *batch(rank, world_size, step), True)
         results[name] = whole(model)
@@ -38,9 +32,9 @@ def train(rank, world_size, names):
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_zeroth_order_optimizers_on_sharded_weights_step_as_one_process(world_size):
-    ranks = run(train, world_size, list(OPTIMIZERS), timeout=300)
-    alone = train(0, 1, list(OPTIMIZERS))
-    for name in OPTIMIZERS:
+    ranks = run(train, world_size, list(ZEROTH_ORDER), timeout=300)
+    alone = train(0, 1, list(ZEROTH_ORDER))
+    for name in ZEROTH_ORDER:
         assert all(torch.equal(r[name], ranks[0][name]) for r in ranks), name
         distance = float((ranks[0][name] - alone[name]).norm() / alone[name].norm())
         assert distance < TOLERANCE, (name, distance)
@@ -66,3 +60,32 @@ def nan_on_one_rank(rank, world_size):
 def test_a_nan_probe_on_one_rank_is_skipped_on_every_rank():
     for moved, warnings, zo_step in run(nan_on_one_rank, 2):
         assert moved < 1e-6 and warnings == 1 and zo_step == 1  # weights restored, step counted
+
+
+def collectives_of_a_step(rank, world_size, engine):
+    """Per optimizer: the queries of its fourth step, the element counts of what the optimizer sends
+    in it, and FSDP's all-gathers in it and in one forward pass."""
+    results = {}
+    for name in ZEROTH_ORDER:
+        model = make_model()
+        forward = shard(model, world_size, engine)
+        opt = optimizer(name, model, None)
+        for step in range(3):
+            take_step(forward, opt, *batch(rank, world_size, step), True)
+        queries = opt.queries_at() if name == "AdaZeta" else 1
+        x, y = batch(rank, world_size, 3)
+        with Tally() as sent:
+            take_step(forward, opt, x, y, True)
+        with Tally() as one_forward, torch.no_grad():
+            forward(x)
+        results[name] = queries, sent.sizes(), len(sent.sizes(FSDP)), len(one_forward.sizes(FSDP))
+    return results
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "ddp"])
+def test_a_step_sends_two_numbers_per_query_and_gathers_only_for_its_forward_passes(engine):
+    for name, (queries, sizes, gathers, gathers_per_forward) in run(collectives_of_a_step, 2, engine)[0].items():
+        assert sizes == [2] * queries, name  # f+ and f- of each query, averaged over the ranks
+        assert gathers == 2 * queries * gathers_per_forward, name  # FSDP's gathers for the probes' forwards
+        assert (gathers_per_forward > 0) == (engine == "fsdp"), name
+    assert queries == 3  # AdaZeta's 3 queries at step 3

@@ -2,7 +2,8 @@
 import torch
 from torch.optim import Optimizer
 
-from ..distributed import agreed_seed, data_parallel_group
+from ..distributed import agreed_seed, any_over_ranks, data_parallel_group
+from ..distributed.shards import local
 from . import _checks
 
 
@@ -48,6 +49,27 @@ class LorenzaOptimizer(Optimizer):
             for param in group["params"]:
                 yield group, param, tensor_id
                 tensor_id += 1
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def initializing_step(self, closure) -> bool:
+        """Whether this ``step(closure)`` is how ``torch.distributed.checkpoint`` makes a fresh
+        optimizer's state (``get_state_dict``/``set_state_dict``): no closure, no state yet, every
+        learning rate 0 and every gradient zero (on every rank). Then :meth:`init_state` runs instead
+        of a step: nothing is counted, no weight moves and no basis is computed from the zero
+        gradient."""
+        if closure is not None or self.state or any(group["lr"] != 0 for group in self.param_groups):
+            return False
+        grads = [param.grad for _, param, _ in self.params_with_ids() if param.grad is not None]
+        real = not grads or any(bool(local(grad).any()) for grad in grads)
+        if any_over_ranks(real, self.process_group, grads[0].device if grads else None):  # one answer for all
+            return False
+        self.init_state()
+        return True
+
+    def init_state(self) -> None:
+        """The state a first step creates, made without a step (see :meth:`initializing_step`), so
+        that a checkpoint loads into it. Nothing for an optimizer without per-parameter state."""
 
     @staticmethod
     def check_grad(param: torch.Tensor, grad: torch.Tensor, name: str) -> None:

@@ -122,14 +122,37 @@ class LOZO(ZerothOrderOptimizer):
         else:
             self._momentum_full(direction, coeffs[0], beta, mu)
 
+    def init_state(self) -> None:
+        for group, param, _ in self.params_with_ids():
+            if param.requires_grad and group["momentum"] > 0:
+                self._momentum(param, group)
+
+    def _momentum(self, param, group) -> dict:
+        """The parameter's LOZO-M state, made if missing: ``momentum_buffer`` (``N``, placed like the
+        weight: this rank's rows of ``m x rank`` for a 2-D weight, else full-shaped), ``step`` (its
+        updates so far: the first sets ``N = c U``) and, for a 2-D weight, ``momentum_v_refresh``
+        (the refresh step of the ``V`` that ``N`` is in)."""
+        state = self.state[param]
+        if "momentum_buffer" not in state:
+            dtype = work_dtype(param.dtype)
+            if param.dim() == 2:
+                zeros = torch.zeros(local(param).shape[0], group["rank"], dtype=dtype, device=param.device)
+                state["momentum_buffer"] = placed_like(param, zeros, param.shape[0])
+                state["momentum_v_refresh"] = torch.tensor(0)
+            else:  # a DTensor for a DTensor
+                state["momentum_buffer"] = torch.zeros_like(param, dtype=dtype,
+                                                            memory_format=torch.contiguous_format)
+            state["step"] = torch.tensor(0.0)
+        return state
+
     def _momentum_low_rank(self, direction, c, beta, mu):
         param, group = direction.param, direction.group
-        state, U = self.state[param], direction.U.to(work_dtype(param.dtype))
-        first = "momentum_buffer" not in state
-        if first:  # sharded by rows like the weight
-            state["momentum_buffer"] = placed_like(param, c * U, param.shape[0])
+        state = self._momentum(param, group)
         N = local(state["momentum_buffer"])
-        if not first:
+        U = direction.U.to(N.dtype)
+        if not state["step"]:
+            N.copy_(U).mul_(c)
+        else:
             basis = int(state["momentum_v_refresh"])
             if basis != direction.v_refresh:  # V changed: carry N over to the new basis
                 V_old, V = direction.V_of(basis).to(N.dtype), direction.V.to(N.dtype)
@@ -137,17 +160,16 @@ class LOZO(ZerothOrderOptimizer):
             else:
                 N.mul_(beta)
             N.add_(U, alpha=(1 - beta) * c)
+        state["step"] += 1
         state["momentum_v_refresh"] = torch.tensor(direction.v_refresh)
         scale = self.decay_scale(param, group)
         direction.add_((U * (scale * mu)).sub_(N, alpha=group["lr"]), 1.0, scale)
 
     def _momentum_full(self, direction, c, beta, mu):
         param, group = direction.param, direction.group
-        state = self.state[param]
-        first = "momentum_buffer" not in state
-        if first:  # placed like the weight (a DTensor for a DTensor)
-            state["momentum_buffer"] = torch.zeros_like(param, dtype=work_dtype(param.dtype),
-                                                        memory_format=torch.contiguous_format)
+        state = self._momentum(param, group)
+        first = not state["step"]
+        state["step"] += 1
         weight = direction.weight
         flat_w, flat_n = weight.view(-1), local(state["momentum_buffer"]).view(-1)
         scale, lr = self.decay_scale(param, group), group["lr"]

@@ -4,7 +4,6 @@ refresh schedule, and the state a step creates. Each optimizer adds its own upda
 import torch
 
 from .. import projector as proj
-from ..distributed import any_over_ranks
 from ..distributed.shards import local, placed_like, row_shard
 from ..random import Stream, stream_key
 from . import _checks
@@ -161,20 +160,6 @@ class ProjectedOptimizer(LorenzaOptimizer):
                              f"{tuple(shape)} (rank, proj_type or projector changed after it was stepped)")
 
     # -- checkpoints --------------------------------------------------------------------------
-
-    def initializing_step(self, closure) -> bool:
-        """Whether this ``step(closure)`` is how ``torch.distributed.checkpoint`` makes a fresh
-        optimizer's state (``get_state_dict``/``set_state_dict``): no closure, no state yet, every
-        learning rate 0 and every gradient zero (on every rank). Then :meth:`init_state` runs instead
-        of a step, so nothing is counted and no basis is computed from the zero gradient."""
-        if closure is not None or self.state or any(group["lr"] != 0 for group in self.param_groups):
-            return False
-        grads = [param.grad for _, param, _ in self.params_with_ids() if param.grad is not None]
-        real = not grads or any(bool(local(grad).any()) for grad in grads)
-        if any_over_ranks(real, self.process_group, grads[0].device if grads else None):  # one answer for all
-            return False
-        self.init_state()
-        return True
 
     def init_state(self) -> None:
         """The state the first step creates, for every parameter with a gradient: zero moments, a

@@ -82,7 +82,11 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One step; ``step()`` with no closure only initialises the state as
+        ``torch.distributed.checkpoint`` asks (``initializing_step``), and otherwise raises."""
         name = type(self).__name__
+        if self.initializing_step(closure):
+            return None
         two_point.require_closure(closure, name)
         trainable = [entry for entry in self.params_with_ids() if entry[1].requires_grad]
         for _, param, _ in trainable:  # every check before the first move
