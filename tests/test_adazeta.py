@@ -40,6 +40,19 @@ def test_each_step_makes_the_scheduled_number_of_probe_pairs():
     assert [opt.queries_at(s) for s in range(0, 18, 3)] == [1, 1, 2, 3, 4, 4]
 
 
+def test_every_evaluation_of_a_step_sees_the_same_random_numbers():
+    """One dropout mask per step, whatever the number of queries: each of the 6 evaluations of a
+    3-query step draws the same number, and the generator ends as after one draw."""
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = AdaZeta([w], lr=1e-3, steps_per_epoch=1, shrink=3.0, rate=0.0, q_max=3)
+    draws = []
+    torch.manual_seed(1)
+    opt.step(lambda: draws.append(float(torch.rand(()))) or (w**2).sum())
+    after = torch.rand(())
+    torch.manual_seed(1)
+    assert draws == [float(torch.rand(()))] * 6 and torch.equal(after, torch.rand(()))
+
+
 def test_trajectory_equals_adazetas_official_update():
     """AdaZeta's official step (lorenza.testing.official.adazeta_step, one seed per query) with the
     optimizer's noise: Q_e probe pairs, then the average of c_i z_i through a full-size buffer."""
@@ -86,3 +99,17 @@ def test_the_schedule_is_one_for_all_groups():
         AdaZeta([{"params": [a]}, {"params": [b], "q_max": 3}], steps_per_epoch=5)
     opt = AdaZeta([{"params": [a]}, {"params": [b], "lr": 1e-3}], steps_per_epoch=5)
     assert opt.param_groups[1]["lr"] == 1e-3
+
+
+def test_split_queries_is_checked_and_a_state_saved_without_it_loads():
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    with pytest.raises(TypeError, match="split_queries must be True or False"):
+        AdaZeta([w], steps_per_epoch=1, split_queries=1)
+    opt = AdaZeta([w], lr=1e-3, steps_per_epoch=1, seed=2)
+    opt.step(lambda: (w**2).sum())
+    saved = opt.state_dict()
+    del saved["param_groups"][0]["split_queries"]  # as saved before the key existed
+    resumed = AdaZeta([w], lr=1e-3, steps_per_epoch=1, split_queries=True)
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["split_queries"] is True and resumed.zo_step == 1  # its own default
+    resumed.step(lambda: (w**2).sum())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sharded_model import ZEROTH_ORDER, batch, make_model, optimizer, shard, take_step, whole
 
-from lorenza import MeZO
+from lorenza import AdaZeta, MeZO
 from lorenza.testing.collectives import FSDP, Tally
 from lorenza.testing.processes import run
 
@@ -89,3 +89,65 @@ def test_a_step_sends_two_numbers_per_query_and_gathers_only_for_its_forward_pas
         assert gathers == 2 * queries * gathers_per_forward, name  # FSDP's gathers for the probes' forwards
         assert (gathers_per_forward > 0) == (engine == "fsdp"), name
     assert queries == 3  # AdaZeta's 3 queries at step 3
+
+
+def split_queries(rank, world_size, split):
+    """AdaZeta on a replicated model with dropout, every rank's closure on the whole batch, the queries
+    split over the ranks (or not): the weights, the losses and the CPU generator's state after 6
+    steps (1, 1, 2, 3, 3 and 3 queries)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(9, 3))
+    opt = AdaZeta(model.parameters(), lr=1e-2, steps_per_epoch=1, shrink=1.0, rate=1.0, q_max=3, seed=5,
+                  split_queries=split)
+    losses = []
+    for step in range(STEPS):
+        x, y = batch(0, 1, step)
+        losses.append(float(opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))))
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), losses, torch.get_rng_state()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_adazeta_queries_split_over_ranks_step_as_one_process_evaluating_all(world_size):
+    alone, alone_losses, alone_generator = split_queries(0, 1, False)
+    ranks = run(split_queries, world_size, True)
+    for weights, losses, generator in ranks:
+        assert torch.equal(weights, ranks[0][0])
+        assert torch.equal(weights, alone) and losses == alone_losses
+        assert torch.equal(generator, alone_generator)  # the same dropout masks, idle ranks included
+
+
+def split_with_nan(rank, world_size):
+    """An AdaZeta step of 2 queries split over 2 ranks whose second query is NaN (on rank 1): how far
+    the weights moved, the warnings and the step count."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = AdaZeta(model.parameters(), lr=1e-2, steps_per_epoch=1, shrink=2.0, rate=0.0, seed=5,
+                  split_queries=True)
+    before = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+    x = torch.randn(3, 4)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        loss = model(x).square().mean()
+        return loss * float("nan") if rank == 1 else loss
+    with pytest.warns(RuntimeWarning, match="probe 1 of step 0") as caught:
+        opt.step(closure)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return float((after - before).abs().max()), len(caught), opt.zo_step, len(calls)
+
+
+def test_a_nan_query_of_a_split_step_is_skipped_on_every_rank():
+    for rank, (moved, warnings, zo_step, calls) in enumerate(run(split_with_nan, 2)):
+        assert moved < 1e-6 and warnings == 1 and zo_step == 1 and calls == 2  # one pair per rank
+
+
+def split_on_shards(rank, world_size):
+    model = shard(make_model(), world_size)
+    with pytest.raises(ValueError, match="split_queries needs the weights replicated"):
+        AdaZeta(model.parameters(), steps_per_epoch=1, split_queries=True)
+    return True
+
+
+def test_split_queries_refuse_fsdp_shards():
+    assert run(split_on_shards, 2) == [True, True]

@@ -66,14 +66,19 @@ def any_over_ranks(flag: bool, group=None, device=None) -> bool:
     return bool(value.item())
 
 
+def first_ranks(value, group=None):
+    """The group's first rank's ``value`` (any picklable object), on every rank; ``value`` itself in a
+    single process. A collective."""
+    if world_size(group) == 1:
+        return value
+    shared = [value]
+    first = 0 if group is None else torch.distributed.get_global_rank(group, 0)
+    torch.distributed.broadcast_object_list(shared, src=first, group=group)
+    return shared[0]
+
+
 def agreed_seed(group=None) -> int:
     """A base seed every rank of ``group`` shares: each rank draws one from its default generator
     (so each generator advances as in a single process), and the first rank's is taken. A
     collective: every rank must build its optimizer, as DDP and FSDP code does."""
-    seed = draw_seed()
-    if world_size(group) == 1:
-        return seed
-    shared = [seed]
-    first = 0 if group is None else torch.distributed.get_global_rank(group, 0)
-    torch.distributed.broadcast_object_list(shared, src=first, group=group)
-    return int(shared[0])
+    return int(first_ranks(draw_seed(), group))

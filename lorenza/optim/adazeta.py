@@ -2,6 +2,7 @@
 docs/algorithms.md, section 5). Its tensor-train adapters are in :mod:`lorenza.adapters`."""
 import math
 
+from ..distributed.shards import DTensor
 from . import _checks
 from .zeroth_order import ZerothOrderOptimizer
 
@@ -39,20 +40,28 @@ class AdaZeta(ZerothOrderOptimizer):
     adapters, as the paper does.
     The closure contract and the handling of failures are those of
     :class:`~lorenza.optim.zeroth_order.ZerothOrderOptimizer`.
+
+    ``split_queries=True`` (query parallelism, under ``torch.distributed``): the ranks of
+    ``process_group`` share out the queries of each step, query ``j`` to rank ``j mod world_size``,
+    each evaluating its share on the whole batch (every rank's closure must see the same batch),
+    and gather the pairs (one collective of ``2 Q_e`` numbers): the step is one process's evaluating
+    every query, to rounding. For replicated weights only (DDP or none), not FSDP2's shards.
+    docs/distributed.md says when it pays over splitting the batch.
     """
 
     shared_keys = ZerothOrderOptimizer.shared_keys + ("steps_per_epoch", "shrink", "rate", "q_target",
-                                                      "epochs", "q_max")
+                                                      "epochs", "q_max", "split_queries")
 
     def __init__(self, params, lr=1e-4, zo_eps=1e-3, steps_per_epoch=None, shrink=0.85, rate=None,
                  q_target=None, q_max=15, weight_decay=0.0, seed=None, *, epochs=None,
-                 process_group=None):
+                 split_queries=False, process_group=None):
         if steps_per_epoch is None:
             raise ValueError("AdaZeta needs steps_per_epoch: the number of optimizer steps in one epoch, "
                              "from which it counts epochs for its query schedule")
         super().__init__(params, dict(lr=lr, zo_eps=zo_eps, steps_per_epoch=steps_per_epoch, shrink=shrink,
                                       rate=rate, q_target=q_target, epochs=epochs, q_max=q_max,
-                                      weight_decay=weight_decay, seed=seed), process_group)
+                                      weight_decay=weight_decay, seed=seed, split_queries=split_queries),
+                         process_group)
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -69,6 +78,12 @@ class AdaZeta(ZerothOrderOptimizer):
                 raise ValueError("q_target needs epochs, the run's number of epochs, to derive the rate")
         if group["epochs"] is not None:
             _checks.int_at_least("epochs", group["epochs"], 3)  # the last epoch E = epochs - 1 >= 2
+        if not isinstance(group["split_queries"], bool):
+            raise TypeError(f"split_queries must be True or False, got {group['split_queries']!r}")
+        if group["split_queries"] and any(isinstance(p, DTensor) for p in group["params"]):
+            raise ValueError("split_queries needs the weights replicated on every rank (DDP or none): "
+                             "ranks evaluating different queries would move FSDP2's shards of one weight "
+                             "along different directions; split the batch instead (the default)")
 
     def rate(self) -> float:
         group = self.param_groups[0]
@@ -84,3 +99,6 @@ class AdaZeta(ZerothOrderOptimizer):
 
     def _queries(self) -> int:
         return self.queries_at()
+
+    def _split_queries(self) -> bool:
+        return self.param_groups[0]["split_queries"]

@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from ..distributed import mean_over_ranks
+from ..distributed import first_ranks, mean_over_ranks
+from ..distributed import queries as split_queries
 
 BACKWARD_IN_CLOSURE = ("the closure must return the loss without calling backward(): "
                        "{name}.step() chooses the grad mode and calls backward itself")
@@ -51,19 +52,20 @@ def _set_rng_state(state, devices) -> None:
         torch.cuda.set_rng_state(cuda_state, device)
 
 
-def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True, group=None):
+def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True, group=None, start=None):
     """``(f(W + mu D), f(W - mu D))`` as detached scalar tensors, where ``move(alpha)`` does
     ``W += alpha * D``.
 
-    Both evaluations start from the same random-generator state (CPU and ``devices``), so dropout
-    masks or noise drawn inside the closure are the same at both points and the difference
-    measures the perturbation alone; the generators end as after one evaluation. The weights are
-    back at ``W`` afterwards (``restore``), or left at ``W - mu D`` for a caller that fuses the
-    restore into its update. If the closure fails, the weights are put back at ``W`` first. Under
-    ``torch.distributed`` both losses are averaged over the ranks of ``group`` (one collective of 2
-    numbers).
+    Both evaluations start from the same random-generator state (CPU and ``devices``): ``start``,
+    or the generators' state on entry. So dropout masks or noise drawn inside the closure are the
+    same at both points and the difference measures the perturbation alone; the generators end as
+    after one evaluation. The weights are back at ``W`` afterwards (``restore``), or left at
+    ``W - mu D`` for a caller that fuses the restore into its update. If the closure fails, the
+    weights are put back at ``W`` first. Under ``torch.distributed`` both losses are averaged over
+    the ranks of ``group`` (one collective of 2 numbers; none when ``group`` is False).
     """
-    start = _rng_state(devices)
+    start = _rng_state(devices) if start is None else start
+    _set_rng_state(start, devices)
     move(mu)
     loss_plus = evaluate(closure, lambda: move(-mu), name)
     _set_rng_state(start, devices)
@@ -71,33 +73,67 @@ def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True
     loss_minus = evaluate(closure, lambda: move(mu), name)
     if restore:
         move(mu)
+    if group is False:
+        return loss_plus.detach(), loss_minus.detach()
     # data parallel: each rank's closure saw its own batch; the pair averaged over the ranks is the
     # pair of the whole batch, so every rank takes the same step (a NaN on one rank reaches all)
     return mean_over_ranks(loss_plus.detach(), loss_minus.detach(), group=group)
 
 
+def _moves_alone(move, mu: float, restore: bool) -> None:
+    """The moves of :func:`losses` without its evaluations, rounding exactly as they do."""
+    move(mu)
+    move(-2 * mu)
+    if restore:
+        move(mu)
+
+
 def estimates(closure, move, queries: int, mu: float, name: str, devices=(), restore_last: bool = True,
-              group=None):
+              group=None, split: bool = False):
     """The two-point estimates ``c_j = (f+ - f-) / (2 mu)`` of directions ``j = 0 .. queries - 1``,
-    where ``move(j, alpha)`` does ``W += alpha * D_j``.
+    where ``move(j, alpha)`` does ``W += alpha * D_j``. Every evaluation of the step starts from the
+    generators' state on entry (one dropout mask per step, as a first-order step has), and the
+    generators end as after one evaluation.
 
     Returns ``(coeffs, loss, failed)``: ``loss`` is the mean of the first pair (the loss at ``W``
     to O(mu^2)); ``failed`` is None, or ``(j, f+, f-)`` of the first pair with a NaN/Inf loss, after
     which no further probe runs, the weights are back at ``W`` and ``coeffs`` is None. With
     ``restore_last=False`` and every loss finite, the weights are left at ``W - mu D_{q-1}``.
+
+    ``split`` (query parallelism): each rank of ``group`` evaluates its share of the queries on its
+    batch, the same on every rank, and the pairs are gathered rather than averaged
+    (:mod:`lorenza.distributed.queries`). Every rank still makes the moves of every query (a pass
+    over the weights, where a query costs two forward passes), so the replicas' weights round alike
+    and equal one process's bit for bit; the generators of every rank end as the first rank's.
     """
-    coeffs, loss = [], None
+    start = _rng_state(devices)
+    mine = set(split_queries.share(queries, group) if split else range(queries))
+    pairs, at_last_probe = {}, False
     for j in range(queries):
         def move_j(alpha, j=j):
             move(j, alpha)
         restore = restore_last or j < queries - 1
-        loss_plus, loss_minus = losses(closure, move_j, mu, name, devices, restore=restore, group=group)
-        if loss is None:
-            loss = (loss_plus + loss_minus) / 2
-        plus, minus = float(loss_plus), float(loss_minus)
+        at_last_probe = not restore
+        if j not in mine:
+            _moves_alone(move_j, mu, restore)
+            continue
+        pairs[j] = losses(closure, move_j, mu, name, devices, restore, False if split else group, start)
+        # one process stops at a failure; a split step goes on, so that every rank makes the same moves
+        if not split and not all(map(math.isfinite, pairs[j])):
+            break
+    if split:
+        pairs = split_queries.gather_pairs(pairs, queries, group, devices[0] if devices else None)
+        if split_queries.idle_ranks(queries, group):  # their generators take the evaluating ranks' state
+            _set_rng_state(first_ranks(_rng_state(devices), group), devices)
+    loss = (pairs[0][0] + pairs[0][1]) / 2
+    if split:
+        loss = loss.float()  # gathered in float64; a rank that evaluated no query knows no loss dtype
+    coeffs = []
+    for j in range(queries):
+        plus, minus = float(pairs[j][0]), float(pairs[j][1])
         if not (math.isfinite(plus) and math.isfinite(minus)):
-            if not restore:
-                move_j(mu)
+            if at_last_probe:
+                move(queries - 1, mu)
             return None, loss, (j, plus, minus)
         coeffs.append((plus - minus) / (2 * mu))
     return coeffs, loss, None

@@ -62,6 +62,10 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
     def _queries(self) -> int:
         return 1
 
+    def _split_queries(self) -> bool:
+        """Whether the queries of a step are split over the ranks (``lorenza.distributed.queries``)."""
+        return False
+
     def _directions(self, trainable, queries: int) -> list:
         """One direction object per ``(group, param, tensor_id)`` (see ``directions.py``)."""
         return [ProbeDirection(param, group, probe_keys(group, tensor_id, queries))
@@ -106,7 +110,7 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
         coeffs, loss, failed = two_point.estimates(closure, move, queries, mu, name,
                                                    two_point.cuda_devices(p for _, p, _ in trainable),
                                                    restore_last=False,  # the update restores
-                                                   group=self.process_group)
+                                                   group=self.process_group, split=self._split_queries())
         if failed:
             j, plus, minus = failed
             warnings.warn(f"{name}: non-finite loss in probe {j} of step {self.zo_step} (f+={plus}, "

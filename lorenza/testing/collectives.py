@@ -3,7 +3,9 @@ under ``torch.distributed``."""
 import torch.distributed as dist
 
 OPTIMIZER = ("all_reduce", "broadcast")  # what lorenza's optimizers call
-FSDP = ("all_gather_into_tensor", "reduce_scatter_tensor", "all_gather")  # what FSDP2 calls
+# what FSDP2 calls (the *_single ones in recent torch), each counted by its first argument, the output
+FSDP = ("all_gather_into_tensor", "reduce_scatter_tensor", "all_gather", "all_gather_single",
+        "reduce_scatter_single")
 
 
 class Tally:
@@ -12,7 +14,8 @@ class Tally:
     directly, is not seen."""
 
     def __init__(self, names=OPTIMIZER + FSDP):
-        self.names, self.calls, self._saved = tuple(names), [], {}
+        self.names = tuple(name for name in names if hasattr(dist, name))  # those this torch has
+        self.calls, self._saved = [], {}
 
     def __enter__(self):
         for name in self.names:
