@@ -1,9 +1,9 @@
 """``python -m bench [--quick] [--device cpu|cuda] [--model 60m|130m|350m|1b|7b] [--out DIR]``
 
-Runs the rSVD, optimizer-step, ProjFactor, zeroth-order, FSDP2 (gloo processes on the CPU) and (on
-CUDA) Triton-kernel benchmarks, each figure beside its baseline measured in the same run, and
-compiles the Triton kernels for
-sm_80 and sm_90 (registers, spills, shared memory, compile time; no GPU needed); prints the
+Runs the rSVD, optimizer-step, ProjFactor, zeroth-order, FSDP2 and zeroth-order data-parallel (gloo
+processes on the CPU) and (on CUDA) Triton-kernel benchmarks, each figure beside its baseline
+measured in the same run, and compiles the Triton kernels for sm_80 and sm_90 (registers, spills,
+shared memory, compile time; no GPU needed); prints the
 tables, then writes them with the machine, versions and date to ``DIR/<machine>-<date>.json`` and
 ``.csv``, and plots (time vs shape, memory per optimizer) to ``.png``. ``DIR`` is ``runs/bench``
 (ignored by git) unless ``--out`` says otherwise.
@@ -20,7 +20,8 @@ import torch
 
 import lorenza
 
-from . import fsdp, gpu_compile, kernels, optim_step, plots, projfactor, rsvd, zeroth_order
+from . import (fsdp, gpu_compile, kernels, optim_step, plots, projfactor, rsvd, zeroth_order,
+               zeroth_order_scaling)
 from .helpers import LLAMA, TABLES
 
 
@@ -34,6 +35,8 @@ def sections(args) -> dict:
             "ProjFactor": lambda: projfactor.run(quick=True),
             "zeroth-order": lambda: zeroth_order.run(model="quick", reps=2),
             "FSDP2": lambda: fsdp.run(model="quick", rank=32, steps=5),
+            "zeroth-order scaling": lambda: zeroth_order_scaling.run(context=16, ranks=(1, 2), global_batch=4,
+                                                                     per_rank=2, steps=2),
             "Triton kernels": lambda: kernels.run(args.device, shapes=kernels.QUICK_SHAPES, rank=32),
             "GPU compile": lambda: gpu_compile.run(variants="cover", targets="sm_90"),
         }
@@ -43,6 +46,7 @@ def sections(args) -> dict:
         "ProjFactor": projfactor.run,
         "zeroth-order": zeroth_order.run,
         "FSDP2": fsdp.run,
+        "zeroth-order scaling": zeroth_order_scaling.run,
         "Triton kernels": lambda: kernels.run(args.device),
         "GPU compile": gpu_compile.run,
     }

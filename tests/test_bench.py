@@ -72,3 +72,8 @@ def test_python_m_bench_quick_writes_the_report(tmp_path, capsys):
             numbers = [v for v in row if isinstance(v, (int, float))]
             assert numbers and all(math.isfinite(v) for v in numbers), (table["title"], row)
     assert "wrote" in out and "LowRankAdamW" in next(tmp_path.glob("*.csv")).read_text()
+    scaling = next(t for t in report["tables"] if t["title"].startswith("zeroth-order data parallel"))
+    column = {header: i for i, header in enumerate(scaling["headers"])}
+    sent = {(row[0], row[1], row[column["ranks"]]): row[column["bytes/step"]] for row in scaling["rows"]}
+    assert sent[("MeZO", "strong", 1)] == 0 and sent[("MeZO", "strong", 2)] == 16  # one float64 pair a query
+    assert sent[("LOZO", "weak", 2)] == 16 and sent[("AdaZeta", "queries", 2)] == 4 * 16

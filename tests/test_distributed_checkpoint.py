@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from sharded_model import (CLOSURE_STEP, OPTIMIZERS, ZEROTH_ORDER, batch, make_model, optimizer, shard, take_step,
-                           whole)
+from sharded_model import (CLOSURE_STEP, OPTIMIZERS, ZEROTH_ORDER, batch, make_model, optimizer, shard,
+                           take_step, whole)
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from lorenza.testing.processes import run

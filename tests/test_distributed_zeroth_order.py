@@ -84,7 +84,8 @@ def collectives_of_a_step(rank, world_size, engine):
 
 @pytest.mark.parametrize("engine", ["fsdp", "ddp"])
 def test_a_step_sends_two_numbers_per_query_and_gathers_only_for_its_forward_passes(engine):
-    for name, (queries, sizes, gathers, gathers_per_forward) in run(collectives_of_a_step, 2, engine)[0].items():
+    results = run(collectives_of_a_step, 2, engine)[0]
+    for name, (queries, sizes, gathers, gathers_per_forward) in results.items():
         assert sizes == [2] * queries, name  # f+ and f- of each query, averaged over the ranks
         assert gathers == 2 * queries * gathers_per_forward, name  # FSDP's gathers for the probes' forwards
         assert (gathers_per_forward > 0) == (engine == "fsdp"), name
@@ -96,7 +97,8 @@ def split_queries(rank, world_size, split):
     split over the ranks (or not): the weights, the losses and the CPU generator's state after 6
     steps (1, 1, 2, 3, 3 and 3 queries)."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(9, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(7, 9), torch.nn.Dropout(0.3), torch.nn.Tanh(),
+                                torch.nn.Linear(9, 3))
     opt = AdaZeta(model.parameters(), lr=1e-2, steps_per_epoch=1, shrink=1.0, rate=1.0, q_max=3, seed=5,
                   split_queries=split)
     losses = []

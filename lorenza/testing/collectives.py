@@ -10,7 +10,7 @@ FSDP = ("all_gather_into_tensor", "reduce_scatter_tensor", "all_gather", "all_ga
 
 class Tally:
     """While installed (``with Tally() as sent``), every call of the collectives ``names`` is
-    recorded in ``sent.calls`` as ``(name, elements)``; DDP's reducer, which calls the process group
+    recorded in ``sent.calls`` as ``(name, elements, bytes)``; DDP's reducer, which calls the process group
     directly, is not seen."""
 
     def __init__(self, names=OPTIMIZER + FSDP):
@@ -23,7 +23,8 @@ class Tally:
 
             def counted(tensor, *args, name=name, original=original, **kwargs):
                 tensors = tensor if isinstance(tensor, list) else [tensor]
-                self.calls.append((name, sum(t.numel() for t in tensors)))
+                self.calls.append((name, sum(t.numel() for t in tensors),
+                                   sum(t.numel() * t.element_size() for t in tensors)))
                 return original(tensor, *args, **kwargs)
             setattr(dist, name, counted)
         return self
@@ -34,4 +35,8 @@ class Tally:
 
     def sizes(self, names=OPTIMIZER) -> list:
         """The element counts of the calls of ``names``, in order."""
-        return [count for name, count in self.calls if name in names]
+        return [count for name, count, _ in self.calls if name in names]
+
+    def bytes(self, names=OPTIMIZER) -> int:
+        """The bytes the calls of ``names`` sent, in all."""
+        return sum(nbytes for name, _, nbytes in self.calls if name in names)
