@@ -4,10 +4,11 @@
 probe losses and shards its own state (docs/distributed.md).
 
     torchrun --nproc_per_node 2 examples/train_distributed.py [--engine fsdp|ddp]
-        [--optimizer LowRankAdamW|Lorenza|AdaZoSAM|ProjFactor] [--steps 20] [--out runs/distributed]
-        [--resume]
+        [--optimizer LowRankAdamW|Lorenza|AdaZoSAM|ProjFactor|MeZO|LOZO|AdaZeta] [--split-queries]
+        [--steps 20] [--out runs/distributed] [--resume]
 
-gloo on CPUs, NCCL on GPUs (one per rank). Each rank trains on its share of every batch; rank 0
+gloo on CPUs, NCCL on GPUs (one per rank). Each rank trains on its share of every batch (with
+``--split-queries``, AdaZeta's ranks share out its queries instead, each on the whole batch); rank 0
 prints the loss of each step (the whole batch's) and the optimizer state this rank holds.
 """
 import argparse
@@ -25,19 +26,34 @@ from train_tiny_lm import CONFIGS, TinyLM, batches, lm_loss, stdlib_bytes
 
 import lorenza
 
-OPTIMIZERS = {
-    "LowRankAdamW": lambda groups: lorenza.LowRankAdamW(groups, lr=5e-3),
-    "Lorenza": lambda groups: lorenza.Lorenza(groups, lr=5e-3),
-    "AdaZoSAM": lambda groups: lorenza.AdaZoSAM([p for g in groups for p in g["params"]], lr=3e-3),
-    "ProjFactor": lambda groups: lorenza.ProjFactor(groups, lr=3e-3),
-}
-CLOSURE_STEP = ("Lorenza", "AdaZoSAM")
+ZEROTH_ORDER = ("MeZO", "LOZO", "AdaZeta")
+OPTIMIZERS = ("LowRankAdamW", "Lorenza", "AdaZoSAM", "ProjFactor", *ZEROTH_ORDER)
+CLOSURE_STEP = ("Lorenza", "AdaZoSAM", *ZEROTH_ORDER)
+ZO_LR = 1e-3  # a model trained from scratch, where fine-tuning takes 1e-6 to 1e-4
+
+
+def make_optimizer(name: str, groups: list, split_queries: bool = False):
+    """``name`` on the model's param groups (AdaZoSAM and the zeroth-order ones on every parameter:
+    their probes move every weight)."""
+    params = [p for g in groups for p in g["params"]]
+    return {
+        "LowRankAdamW": lambda: lorenza.LowRankAdamW(groups, lr=5e-3),
+        "Lorenza": lambda: lorenza.Lorenza(groups, lr=5e-3),
+        "AdaZoSAM": lambda: lorenza.AdaZoSAM(params, lr=3e-3),
+        "ProjFactor": lambda: lorenza.ProjFactor(groups, lr=3e-3),
+        "MeZO": lambda: lorenza.MeZO(params, lr=ZO_LR),
+        "LOZO": lambda: lorenza.LOZO(params, lr=ZO_LR, rank=2, nu=10),
+        "AdaZeta": lambda: lorenza.AdaZeta(params, lr=ZO_LR, steps_per_epoch=5, q_max=4,
+                                           split_queries=split_queries),
+    }[name]()
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", choices=("fsdp", "ddp"), default="fsdp")
-    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="Lorenza")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="Lorenza")
+    p.add_argument("--split-queries", action="store_true",
+                   help="AdaZeta: each rank evaluates its share of the queries on the whole batch (DDP only)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=8, help="global batch (split over the ranks)")
     p.add_argument("--rank", type=int, default=24)
@@ -69,9 +85,14 @@ def main(argv=None):
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
         forward = model
+    elif args.split_queries:  # ranks run different numbers of forward passes: no DDP forward (a collective)
+        forward = model
     else:
         forward = DistributedDataParallel(model)
-    opt = OPTIMIZERS[args.optimizer](lorenza.param_groups(model, rank=args.rank, update_gap=args.update_gap))
+    if args.split_queries and (args.optimizer != "AdaZeta" or args.engine != "ddp"):
+        raise SystemExit("--split-queries is AdaZeta's, under --engine ddp (FSDP2's shards move together)")
+    groups = lorenza.param_groups(model, rank=args.rank, update_gap=args.update_gap)
+    opt = make_optimizer(args.optimizer, groups, args.split_queries)
 
     checkpoint = str(pathlib.Path(args.out) / "checkpoint")
     start = 0
@@ -85,6 +106,8 @@ def main(argv=None):
     data = torch.frombuffer(bytearray(stdlib_bytes(1 << 20)), dtype=torch.uint8).long()
     stream = batches(data, args.batch, config["context"], torch.Generator().manual_seed(1))
     share = slice(rank * args.batch // world, (rank + 1) * args.batch // world)
+    if args.split_queries:
+        share = slice(None)  # the queries are split, not the batch
     for _ in range(start):  # the batches already trained on
         next(stream)
     for step in range(start, start + args.steps):

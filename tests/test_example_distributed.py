@@ -1,5 +1,6 @@
-"""The README's ``torchrun`` example runs as written, smaller: FSDP2 on 2 CPU ranks saves a DCP
-checkpoint, and a run resumes from it on 3 ranks and under DDP."""
+"""The README's ``torchrun`` examples run as written, smaller: FSDP2 on 2 CPU ranks saves a DCP
+checkpoint, and a run resumes from it on 3 ranks and under DDP; LOZO the same on FSDP2, and AdaZeta
+with its queries split over 2 ranks prints one process's losses."""
 import os
 import re
 import subprocess
@@ -35,3 +36,17 @@ def test_readme_torchrun_example_trains_saves_and_resumes(tmp_path):
     on_ddp = losses(torchrun(2, "--engine", "ddp", "--optimizer", "Lorenza", "--steps", "1", "--resume",
                              "--out", str(tmp_path)))
     assert sorted(on_ddp) == [6]
+
+
+def test_readme_torchrun_example_runs_the_zeroth_order_optimizers(tmp_path):
+    assert "examples/train_distributed.py --engine fsdp --optimizer LOZO" in README_TEXT
+    assert "--optimizer AdaZeta --split-queries" in README_TEXT
+    first = losses(torchrun(2, "--engine", "fsdp", "--optimizer", "LOZO", "--steps", "2",
+                            "--out", str(tmp_path)))
+    resumed = losses(torchrun(3, "--engine", "fsdp", "--optimizer", "LOZO", "--steps", "1", "--resume",
+                              "--out", str(tmp_path)))
+    assert sorted(first) == [1, 2] and sorted(resumed) == [3] and first[1] > 5.0
+    # AdaZeta's 2 ranks sharing out the queries print one process's losses
+    split = [losses(torchrun(ranks, "--engine", "ddp", "--optimizer", "AdaZeta", "--split-queries", "--steps",
+                             "2", "--out", str(tmp_path / f"split{ranks}"))) for ranks in (2, 1)]
+    assert sorted(split[0]) == [1, 2] and split[0] == split[1]

@@ -45,7 +45,9 @@ class AdaZeta(ZerothOrderOptimizer):
     ``process_group`` share out the queries of each step, query ``j`` to rank ``j mod world_size``,
     each evaluating its share on the whole batch (every rank's closure must see the same batch),
     and gather the pairs (one collective of ``2 Q_e`` numbers): the step is one process's evaluating
-    every query, to rounding. For replicated weights only (DDP or none), not FSDP2's shards.
+    every query, bit for bit. For replicated weights only, not FSDP2's shards; the closure must call
+    the module itself, not a DDP wrapper, whose forward may run collectives (buffer broadcasts) that
+    ranks evaluating different numbers of queries would not all join.
     docs/distributed.md says when it pays over splitting the batch.
     """
 
