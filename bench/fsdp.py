@@ -82,7 +82,7 @@ def measure(rank, world_size, model, rank_r, steps):
                     opt.step()
                 dist.barrier()
                 times.append(time.perf_counter() - start)
-            sent.append(4 * sum(tally.sizes()))  # float32 bytes
+            sent.append(tally.bytes())
         plain = [i for i in range(1, steps) if i % GAP]  # step 0 allocates the state
         refresh = [i for i in range(1, steps) if not i % GAP]
         results[name] = (median(times, plain), median(times, refresh), median(sent, plain),

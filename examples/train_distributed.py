@@ -43,7 +43,8 @@ def make_optimizer(name: str, groups: list, split_queries: bool = False):
         "ProjFactor": lambda: lorenza.ProjFactor(groups, lr=3e-3),
         "MeZO": lambda: lorenza.MeZO(params, lr=ZO_LR),
         "LOZO": lambda: lorenza.LOZO(params, lr=ZO_LR, rank=2, nu=10),
-        "AdaZeta": lambda: lorenza.AdaZeta(params, lr=ZO_LR, steps_per_epoch=5, q_max=4,
+        # an "epoch" a step, to reach 4 queries a step quickly: 1, 1, 2, 3, 4, 4, ...
+        "AdaZeta": lambda: lorenza.AdaZeta(params, lr=ZO_LR, steps_per_epoch=1, shrink=1.0, rate=1.0, q_max=4,
                                            split_queries=split_queries),
     }[name]()
 

@@ -141,6 +141,38 @@ def test_state_is_the_momentum_only_and_v_is_never_stored():
     assert shapes == {(6, 3), (2, 3), (6,), (2,)}  # m x rank for matrices, full shape for biases
 
 
+def test_lozo_m_state_made_before_any_update_and_state_saved_before_its_step_count():
+    """DCP's initialising step (no closure, lr 0, zero gradients) makes a zero momentum at step 0,
+    whose first update still sets N = c U as a fresh optimizer's; a state saved before LOZO-M kept
+    its step count resumes as started."""
+    model = torch.nn.Sequential(torch.nn.Linear(9, 6), torch.nn.Linear(6, 2))
+    x = torch.randn(8, 9)
+    fresh = LOZO(model.parameters(), lr=1e-3, rank=3, momentum=0.9, seed=1)
+    initialised = LOZO(model.parameters(), lr=0.0, rank=3, momentum=0.9, seed=1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert initialised.step() is None
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert {float(s["step"]) for s in initialised.state.values()} == {0.0}
+    initialised.param_groups[0]["lr"] = 1e-3
+    saved_fresh = fresh.state_dict()
+    for opt in (fresh, initialised):
+        with torch.no_grad():
+            for p, b in zip(model.parameters(), before):
+                p.copy_(b)
+        opt.step(lambda: model(x).sum())
+    for p in fresh.state:
+        assert torch.equal(fresh.state[p]["momentum_buffer"], initialised.state[p]["momentum_buffer"])
+    old = fresh.state_dict()
+    for state in old["state"].values():
+        del state["step"]  # as saved before LOZO-M kept it
+    resumed = LOZO(model.parameters(), lr=1e-3, rank=3, momentum=0.9)
+    resumed.load_state_dict(old)
+    resumed.step(lambda: model(x).sum())
+    assert {float(s["step"]) for s in resumed.state.values()} == {2.0} and not saved_fresh["state"]
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_u_v_transpose_is_never_formed(momentum):
     """No operation of a step allocates anything of the weight's size: the largest new tensor is

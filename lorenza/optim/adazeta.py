@@ -45,14 +45,16 @@ class AdaZeta(ZerothOrderOptimizer):
     ``process_group`` share out the queries of each step, query ``j`` to rank ``j mod world_size``,
     each evaluating its share on the whole batch (every rank's closure must see the same batch),
     and gather the pairs (one collective of ``2 Q_e`` numbers): the step is one process's evaluating
-    every query, bit for bit. For replicated weights only, not FSDP2's shards; the closure must call
+    every query, bit for bit when every rank's random generators start the step alike (the same
+    ``torch.manual_seed`` on every rank; the weights agree across ranks regardless), the loss
+    returned in float32. For replicated weights only, not FSDP2's shards; the closure must call
     the module itself, not a DDP wrapper, whose forward may run collectives (buffer broadcasts) that
     ranks evaluating different numbers of queries would not all join.
     docs/distributed.md says when it pays over splitting the batch.
     """
 
     shared_keys = ZerothOrderOptimizer.shared_keys + ("steps_per_epoch", "shrink", "rate", "q_target",
-                                                      "epochs", "q_max", "split_queries")
+                                                      "epochs", "q_max")
 
     def __init__(self, params, lr=1e-4, zo_eps=1e-3, steps_per_epoch=None, shrink=0.85, rate=None,
                  q_target=None, q_max=15, weight_decay=0.0, seed=None, *, epochs=None,
@@ -62,8 +64,16 @@ class AdaZeta(ZerothOrderOptimizer):
                              "from which it counts epochs for its query schedule")
         super().__init__(params, dict(lr=lr, zo_eps=zo_eps, steps_per_epoch=steps_per_epoch, shrink=shrink,
                                       rate=rate, q_target=q_target, epochs=epochs, q_max=q_max,
-                                      weight_decay=weight_decay, seed=seed, split_queries=split_queries),
-                         process_group)
+                                      weight_decay=weight_decay, seed=seed), process_group)
+        # how this job runs, not optimizer state: not a group key, so a checkpoint resumed elsewhere
+        # (FSDP2, another world size) splits as its new constructor says
+        if not isinstance(split_queries, bool):
+            raise TypeError(f"split_queries must be True or False, got {split_queries!r}")
+        if split_queries and any(isinstance(p, DTensor) for _, p, _ in self.params_with_ids()):
+            raise ValueError("split_queries needs the weights replicated on every rank (DDP or none): "
+                             "ranks evaluating different queries would move FSDP2's shards of one weight "
+                             "along different directions; split the batch instead (the default)")
+        self.split_queries = split_queries
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -80,12 +90,6 @@ class AdaZeta(ZerothOrderOptimizer):
                 raise ValueError("q_target needs epochs, the run's number of epochs, to derive the rate")
         if group["epochs"] is not None:
             _checks.int_at_least("epochs", group["epochs"], 3)  # the last epoch E = epochs - 1 >= 2
-        if not isinstance(group["split_queries"], bool):
-            raise TypeError(f"split_queries must be True or False, got {group['split_queries']!r}")
-        if group["split_queries"] and any(isinstance(p, DTensor) for p in group["params"]):
-            raise ValueError("split_queries needs the weights replicated on every rank (DDP or none): "
-                             "ranks evaluating different queries would move FSDP2's shards of one weight "
-                             "along different directions; split the batch instead (the default)")
 
     def rate(self) -> float:
         group = self.param_groups[0]
@@ -103,4 +107,4 @@ class AdaZeta(ZerothOrderOptimizer):
         return self.queries_at()
 
     def _split_queries(self) -> bool:
-        return self.param_groups[0]["split_queries"]
+        return self.split_queries

@@ -82,9 +82,6 @@ class LorenzaOptimizer(Optimizer):
         saved_state = state_dict["state"]
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         super().load_state_dict(state_dict)
-        for group in self.param_groups:  # a key added since the state was saved takes its default
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
         for saved_id, (_, param, _) in zip(saved_ids, self.params_with_ids()):
             for key, value in saved_state.get(saved_id, {}).items():
                 if torch.is_tensor(value) and key != "step":

@@ -143,6 +143,7 @@ class LOZO(ZerothOrderOptimizer):
                 state["momentum_buffer"] = torch.zeros_like(param, dtype=dtype,
                                                             memory_format=torch.contiguous_format)
             state["step"] = torch.tensor(0.0)
+        state.setdefault("step", torch.tensor(1.0))  # saved before the count was kept: N had started
         return state
 
     def _momentum_low_rank(self, direction, c, beta, mu):

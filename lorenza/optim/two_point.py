@@ -97,14 +97,16 @@ def estimates(closure, move, queries: int, mu: float, name: str, devices=(), res
 
     Returns ``(coeffs, loss, failed)``: ``loss`` is the mean of the first pair (the loss at ``W``
     to O(mu^2)); ``failed`` is None, or ``(j, f+, f-)`` of the first pair with a NaN/Inf loss, after
-    which no further probe runs, the weights are back at ``W`` and ``coeffs`` is None. With
+    which no further probe runs (unless ``split``), the weights are back at ``W`` and ``coeffs`` is
+    None. With
     ``restore_last=False`` and every loss finite, the weights are left at ``W - mu D_{q-1}``.
 
     ``split`` (query parallelism): each rank of ``group`` evaluates its share of the queries on its
     batch, the same on every rank, and the pairs are gathered rather than averaged
     (:mod:`lorenza.distributed.queries`). Every rank still makes the moves of every query (a pass
     over the weights, where a query costs two forward passes), so the replicas' weights round alike
-    and equal one process's bit for bit; the generators of every rank end as the first rank's.
+    and equal one process's bit for bit (the dropout masks too, when every rank's generators start
+    the step alike); the generators of every rank end as the first rank's. The loss is float32.
     """
     start = _rng_state(devices)
     mine = set(split_queries.share(queries, group) if split else range(queries))

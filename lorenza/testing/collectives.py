@@ -21,11 +21,12 @@ class Tally:
         for name in self.names:
             original = self._saved[name] = getattr(dist, name)
 
-            def counted(tensor, *args, name=name, original=original, **kwargs):
-                tensors = tensor if isinstance(tensor, list) else [tensor]
+            def counted(*args, name=name, original=original, **kwargs):
+                first = args[0] if args else next(iter(kwargs.values()))  # FSDP2 passes keywords
+                tensors = first if isinstance(first, list) else [first]
                 self.calls.append((name, sum(t.numel() for t in tensors),
                                    sum(t.numel() * t.element_size() for t in tensors)))
-                return original(tensor, *args, **kwargs)
+                return original(*args, **kwargs)
             setattr(dist, name, counted)
         return self
 
