@@ -1,6 +1,7 @@
 """Argument validation shared by the optimizers, worded as torch.optim words it."""
 import math
 import numbers
+import sys
 
 
 def _number(name: str, value):
@@ -52,3 +53,12 @@ def same_in_every_group(keys, group: dict, groups) -> None:
         if groups and group[key] != groups[0][key]:
             raise ValueError(f"{key} must be the same in every param group: got {group[key]} and "
                              f"{groups[0][key]}")
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` at which a warning raised by the caller points at the user's code: the
+    first frame outside lorenza and ``torch.optim`` (an optimizer's constructor runs through both)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("lorenza.", "torch.optim")):
+        frame, level = frame.f_back, level + 1
+    return level

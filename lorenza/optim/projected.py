@@ -1,6 +1,8 @@
 """What every projected optimizer shares (docs/algorithms.md, sections 1 and 7): the projection keys
 of its param groups and GaLore's aliases, which parameters are projected, their basis and its
 refresh schedule, and the state a step creates. Each optimizer adds its own update (``_update``)."""
+import warnings
+
 import torch
 
 from .. import projector as proj
@@ -41,6 +43,12 @@ class ProjectedOptimizer(LorenzaOptimizer):
         if getattr(self, "_rank_only_where_named", False):
             param_group.setdefault("rank", None)
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["rank"] is not None and not any(self.is_projected(p, group) for p in group["params"]):
+            warnings.warn(f"{type(self).__name__}: param group {len(self.param_groups) - 1} has rank="
+                          f"{group['rank']} but projects none of its {len(group['params'])} parameters (a "
+                          f"projected one is 2-D with both sides above the rank): all take full-rank state",
+                          UserWarning, stacklevel=_checks.user_stacklevel())
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)

@@ -1,0 +1,96 @@
+"""``lorenza.hf.Trainer``: ``transformers.Trainer`` building a lorenza optimizer's param groups from
+the model and its hyperparameters from ``TrainingArguments`` (docs/hf.md)."""
+import inspect
+
+import transformers
+from torch import nn
+from transformers.trainer_utils import check_target_module_exists
+
+from ..optim.base import LorenzaOptimizer
+from ..optim.projected import ProjectedOptimizer
+from ..optim.sam import ZerothOrderSAM
+from ..optim.zeroth_order import ZerothOrderOptimizer
+from ..param_groups import param_groups
+
+PROJECTION_KEYS = ("rank", "update_gap", "scale")
+
+
+def _defaults(cls) -> dict:
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def hyperparameters(cls, args) -> dict:
+    """The keywords of ``cls`` that ``TrainingArguments`` sets: ``lr`` (``learning_rate``),
+    ``weight_decay``, and for Adam's moments ``betas`` (``adam_beta1``, ``adam_beta2``) and ``eps``
+    (``adam_epsilon``)."""
+    accepted = _defaults(cls)
+    found = dict(lr=args.learning_rate, weight_decay=args.weight_decay,
+                 betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    return {key: value for key, value in found.items() if key in accepted}
+
+
+def _projects(cls, kwargs: dict) -> bool:
+    """Whether ``cls`` (with ``kwargs``) projects weights: a projected optimizer with a rank."""
+    return issubclass(cls, ProjectedOptimizer) and kwargs.get("rank", _defaults(cls).get("rank")) is not None
+
+
+def _targets(model: nn.Module, target_modules) -> set:
+    """The ids of the trainable weights of the linear layers ``target_modules`` names (Trainer's
+    ``optim_target_modules``: names, a regex, or ``"all-linear"``)."""
+    if isinstance(target_modules, str) and target_modules.replace("_", "-") == "all-linear":
+        target_modules = None  # lorenza's choice: every linear layer but the output head
+    if target_modules is None:
+        return {id(p) for g in param_groups(model) if g["rank"] is not None for p in g["params"]}
+    return {id(m.weight) for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and m.weight.requires_grad
+            and check_target_module_exists(target_modules, name)}
+
+
+def model_param_groups(cls, model: nn.Module, kwargs: dict, decay_names, target_modules=None) -> list:
+    """Param groups of ``model``'s trainable parameters for ``cls``: the projected weights (those of
+    ``target_modules``, else lorenza's choice, :func:`lorenza.param_groups`) with the projection
+    keys of ``kwargs`` (``rank``, ``update_gap``, ``scale``, removed from it), and the other
+    parameters split as Trainer splits them, with weight decay (``decay_names``) or without."""
+    projects = _projects(cls, kwargs)
+    projection, projected, plain = {}, set(), {}
+    if projects:
+        projection = {"rank": _defaults(cls)["rank"]}
+        projection.update((key, kwargs.pop(key)) for key in PROJECTION_KEYS if key in kwargs)
+        projected = _targets(model, target_modules)
+        plain = {"rank": None}  # named, so that the optimizer's default rank projects nothing else
+    groups = {"projected": [], "decay": [], "no_decay": []}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            kind = "projected" if id(param) in projected else "decay" if name in decay_names else "no_decay"
+            groups[kind].append(param)
+    made = [{"params": groups["projected"], **projection}, {"params": groups["decay"], **plain},
+            {"params": groups["no_decay"], **plain, "weight_decay": 0.0}]
+    return [group for group in made if group["params"]]
+
+
+class Trainer(transformers.Trainer):
+    """``transformers.Trainer`` for lorenza's optimizers: with
+    ``optimizer_cls_and_kwargs=(lorenza.<Optimizer>, {...})`` it builds the param groups from the
+    model (:func:`model_param_groups`, honouring ``args.optim_target_modules``) and takes ``lr``,
+    ``weight_decay``, ``betas`` and ``eps`` from ``TrainingArguments`` unless the keywords say
+    otherwise. Anything else is ``transformers.Trainer`` unchanged.
+
+    First-order optimizers only for now (``LowRankAdamW``, ``ProjFactor``): the closure optimizers
+    (``Lorenza``, ``AdaZoSAM``, MeZO, LOZO, AdaZeta) raise a ValueError when the optimizer is made.
+    """
+
+    def create_optimizer(self, model=None):
+        given = self.optimizer_cls_and_kwargs
+        if self.optimizer is not None or given is None or not issubclass(given[0], LorenzaOptimizer):
+            return super().create_optimizer(model)
+        cls, kwargs = given
+        if issubclass(cls, (ZerothOrderSAM, ZerothOrderOptimizer)):
+            raise ValueError(f"lorenza.hf.Trainer: {cls.__name__} steps with a closure, which this Trainer "
+                             "does not run yet; use LowRankAdamW or ProjFactor, or step it in your own loop")
+        model = self.model if model is None else model
+        kwargs = {**hyperparameters(cls, self.args), **kwargs}
+        groups = model_param_groups(cls, model, kwargs, set(self.get_decay_parameter_names(model)),
+                                    self.args.optim_target_modules)
+        self.optimizer = cls(groups, **kwargs)
+        return self.optimizer
