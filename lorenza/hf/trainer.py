@@ -2,6 +2,7 @@
 the model and its hyperparameters from ``TrainingArguments`` (docs/hf.md)."""
 import inspect
 
+import torch
 import transformers
 from torch import nn
 from transformers.trainer_utils import check_target_module_exists
@@ -69,28 +70,74 @@ def model_param_groups(cls, model: nn.Module, kwargs: dict, decay_names, target_
     return [group for group in made if group["params"]]
 
 
+CLOSURE_OPTIMIZERS = (ZerothOrderSAM, ZerothOrderOptimizer)  # step(closure) only
+
+
 class Trainer(transformers.Trainer):
     """``transformers.Trainer`` for lorenza's optimizers: with
     ``optimizer_cls_and_kwargs=(lorenza.<Optimizer>, {...})`` it builds the param groups from the
     model (:func:`model_param_groups`, honouring ``args.optim_target_modules``) and takes ``lr``,
     ``weight_decay``, ``betas`` and ``eps`` from ``TrainingArguments`` unless the keywords say
-    otherwise. Anything else is ``transformers.Trainer`` unchanged.
+    otherwise.
 
-    First-order optimizers only for now (``LowRankAdamW``, ``ProjFactor``): the closure optimizers
-    (``Lorenza``, ``AdaZoSAM``, MeZO, LOZO, AdaZeta) raise a ValueError when the optimizer is made.
+    The closure optimizers (``Lorenza``, ``AdaZoSAM``, MeZO, LOZO, AdaZeta) step inside Trainer's
+    loop: each micro-batch's training step only keeps its inputs (no forward, no backward), and
+    Trainer's ``optimizer.step()`` runs the optimizer with a closure over the accumulated
+    micro-batches, whose loss is their mean, as Trainer's gradient accumulation weighs them. The
+    loss logged is the one the step returns. Anything else is ``transformers.Trainer`` unchanged.
     """
+
+    _closure_optimizer = None  # the lorenza optimizer whose step takes the micro-batches' closure
 
     def create_optimizer(self, model=None):
         given = self.optimizer_cls_and_kwargs
         if self.optimizer is not None or given is None or not issubclass(given[0], LorenzaOptimizer):
             return super().create_optimizer(model)
         cls, kwargs = given
-        if issubclass(cls, (ZerothOrderSAM, ZerothOrderOptimizer)):
-            raise ValueError(f"lorenza.hf.Trainer: {cls.__name__} steps with a closure, which this Trainer "
-                             "does not run yet; use LowRankAdamW or ProjFactor, or step it in your own loop")
         model = self.model if model is None else model
         kwargs = {**hyperparameters(cls, self.args), **kwargs}
         groups = model_param_groups(cls, model, kwargs, set(self.get_decay_parameter_names(model)),
                                     self.args.optim_target_modules)
         self.optimizer = cls(groups, **kwargs)
+        if isinstance(self.optimizer, CLOSURE_OPTIMIZERS):
+            self._hold_micro_batches(self.optimizer)
         return self.optimizer
+
+    def _hold_micro_batches(self, optimizer) -> None:
+        """Make ``optimizer.step()`` (as Trainer, accelerate and the LR scheduler call it, with no
+        closure) step with the closure of the micro-batches held since the last step."""
+        self._closure_optimizer, self._micro_batches = optimizer, []
+        step = optimizer.step
+
+        def step_with_micro_batches(closure=None):
+            if closure is not None:
+                return step(closure)
+            held, self._micro_batches = self._micro_batches, []
+            loss = step(lambda: self._micro_batches_loss(held))
+            if loss is not None:  # what Trainer logs: the step's loss, not the zeros training_step gave
+                self._tr_loss += loss.detach().to(self._tr_loss.device)
+            return loss
+        optimizer.step = step_with_micro_batches
+
+    def _micro_batches_loss(self, held):
+        """The loss of the accumulated micro-batches, weighted as Trainer's gradient accumulation
+        weighs them (a loss already normalised by the step's token count is summed, others are
+        averaged)."""
+        total = None
+        for model, inputs, num_items_in_batch in held:
+            with self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None
+                          or self.compute_loss_func is not None)
+            loss = loss if scaled else loss / len(held)
+            total = loss if total is None else total + loss
+        return total
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._closure_optimizer is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        self._micro_batches.append((model, self._prepare_inputs(inputs), num_items_in_batch))
+        return torch.zeros((), device=self.args.device)  # the step adds its loss (above)
