@@ -3,6 +3,7 @@ param groups from the model (the head, embeddings and norms plain; ``optim_targe
 honoured) and its hyperparameters from ``TrainingArguments``, and trains a small LLaMA."""
 import pytest
 import torch
+from hf_models import VOCAB, tiny_llama
 
 import lorenza
 
@@ -10,14 +11,8 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 hf = pytest.importorskip("lorenza.hf")
 
-VOCAB, CONTEXT = 64, 16
-
-
-def tiny_llama():
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config)
+CONTEXT = 16
+LOW_RANK = (lorenza.LowRankAdamW, {"rank": 8})
 
 
 class Counting(torch.utils.data.Dataset):
@@ -50,7 +45,7 @@ def test_groups_and_hyperparameters_come_from_the_model_and_the_arguments(tmp_pa
     model = tiny_llama()
     args = arguments(tmp_path, learning_rate=3e-3, weight_decay=0.1, adam_beta1=0.8, adam_beta2=0.95,
                      adam_epsilon=1e-7)
-    opt = hf.Trainer(model, args, optimizer_cls_and_kwargs=(lorenza.LowRankAdamW, {"rank": 8})).create_optimizer()
+    opt = hf.Trainer(model, args, optimizer_cls_and_kwargs=LOW_RANK).create_optimizer()
     projected, decay, no_decay = opt.param_groups
     assert projected["rank"] == 8 and decay["rank"] is None and no_decay["rank"] is None
     assert len(projected["params"]) == 2 * 7  # q, k, v, o, gate, up, down of 2 layers
@@ -69,7 +64,7 @@ def test_groups_and_hyperparameters_come_from_the_model_and_the_arguments(tmp_pa
 def test_optim_target_modules_choose_the_projected_weights(tmp_path, targets, expected):
     model = tiny_llama()
     args = arguments(tmp_path, optim_target_modules=targets)
-    opt = hf.Trainer(model, args, optimizer_cls_and_kwargs=(lorenza.LowRankAdamW, {"rank": 8})).create_optimizer()
+    opt = hf.Trainer(model, args, optimizer_cls_and_kwargs=LOW_RANK).create_optimizer()
     projected = [g for g in opt.param_groups if g["rank"] is not None]
     assert len(projected) == 1 and len(projected[0]["params"]) == expected
     assert all(p.dim() == 2 and "lm_head" not in n for n in names_of(model, projected[0]["params"])
@@ -78,8 +73,8 @@ def test_optim_target_modules_choose_the_projected_weights(tmp_path, targets, ex
 
 def test_a_small_llama_trains_at_the_arguments_learning_rate(tmp_path):
     model = tiny_llama()
-    trainer = hf.Trainer(model, arguments(tmp_path, learning_rate=1e-2, max_steps=30, lr_scheduler_type="constant"),
-                         train_dataset=Counting(), optimizer_cls_and_kwargs=(lorenza.LowRankAdamW, {"rank": 8}))
+    args = arguments(tmp_path, learning_rate=1e-2, max_steps=30, lr_scheduler_type="constant")
+    trainer = hf.Trainer(model, args, train_dataset=Counting(), optimizer_cls_and_kwargs=LOW_RANK)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 30 and losses[0] > 3.5  # ln 64 = 4.16 at the start

@@ -3,17 +3,11 @@ through the model's API (whatever their names, tied or not) and through PEFT's w
 LoRA matrices stay plain."""
 import pytest
 import torch
+from hf_models import tiny_llama
 
 import lorenza
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_llama(tie: bool):
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                                      num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=tie)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config)
 
 
 def projected_names(model, rank=8) -> set:
@@ -23,7 +17,7 @@ def projected_names(model, rank=8) -> set:
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_a_llama_projects_its_attention_and_mlp_weights_only(tie):
-    model = tiny_llama(tie)
+    model = tiny_llama(layers=1, tie=tie)
     expected = {f"model.layers.0.{part}.weight" for part in ("self_attn.q_proj", "self_attn.k_proj",
                                                              "self_attn.v_proj", "self_attn.o_proj",
                                                              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
@@ -31,7 +25,7 @@ def test_a_llama_projects_its_attention_and_mlp_weights_only(tie):
 
 
 def test_the_output_head_is_found_through_the_models_api_whatever_its_name():
-    model = tiny_llama(False)
+    model = tiny_llama(layers=1)
     model.proj_out = model.lm_head  # a head by another name: the model's API still names it
     del model.lm_head
     model.get_output_embeddings = lambda: model.proj_out
@@ -41,12 +35,12 @@ def test_the_output_head_is_found_through_the_models_api_whatever_its_name():
 
 def test_a_peft_lora_model_projects_nothing_of_its_adapters_and_head():
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny_llama(False), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+    model = peft.get_peft_model(tiny_llama(layers=1), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
                                                                    modules_to_save=["lm_head"]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and any("modules_to_save" in n for n in trainable)
     assert projected_names(model, rank=2) == set()  # LoRA's A and B, and the head's trainable copy
-    unfrozen = peft.get_peft_model(tiny_llama(False), peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    unfrozen = peft.get_peft_model(tiny_llama(layers=1), peft.LoraConfig(r=4, target_modules=["q_proj"]))
     for name, param in unfrozen.named_parameters():
         param.requires_grad_("up_proj" in name or "lora_" in name)  # a wrapped model trained beside LoRA
     assert projected_names(unfrozen, rank=2) == {"base_model.model.model.layers.0.mlp.up_proj.weight"}
