@@ -35,8 +35,8 @@ def test_the_output_head_is_found_through_the_models_api_whatever_its_name():
 
 def test_a_peft_lora_model_projects_nothing_of_its_adapters_and_head():
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(tiny_llama(layers=1), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                                   modules_to_save=["lm_head"]))
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+    model = peft.get_peft_model(tiny_llama(layers=1), lora)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and any("modules_to_save" in n for n in trainable)
     assert projected_names(model, rank=2) == set()  # LoRA's A and B, and the head's trainable copy
