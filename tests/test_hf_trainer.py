@@ -117,3 +117,12 @@ def test_accumulating_two_micro_batches_of_4_is_one_batch_of_8(tmp_path, optimiz
         moved = sum(float((p - start[n]).norm()) for n, p in one.model.named_parameters())
         apart = sum(float((p - q).norm()) for p, q in zip(one.model.parameters(), two.model.parameters()))
     assert moved > 0 and apart < APART[optimizer[0].__name__] * moved, (apart, moved)
+
+
+def test_lorenza_clips_and_logs_the_sam_gradient_its_update_uses(tmp_path):
+    trainer, _ = train(tmp_path, (lorenza.Lorenza, {"rank": 8}), steps=3)
+    norms = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
+    assert len(norms) == 3 and all(norm > 0 for norm in norms)  # the SAM gradient's, not a zero norm
+    params = [p for group in trainer.optimizer.optimizer.param_groups for p in group["params"]]
+    # Trainer zeroes the gradients after the step: the next step's hook sees the SAM gradient anew
+    assert all(p.grad is None for p in params)

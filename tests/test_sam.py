@@ -283,3 +283,26 @@ def test_residual_on_bf16_matches_the_fp32_rule_to_bf16_rounding():
     moved = (results[0] - start).abs()
     assert float(moved.max()) > 1e-2
     torch.testing.assert_close(results[1], results[0], rtol=0, atol=2 * 2**-8 * float(start.abs().max()))
+
+
+@pytest.mark.parametrize("cls", [Lorenza, AdaZoSAM])
+def test_a_gradient_hook_sees_the_sam_gradient_and_the_update_uses_what_it_leaves(cls):
+    """A hook zeroing the gradient leaves Adam's first update at zero (lr 0.1 would move every
+    entry by about 0.1); removed, the step moves."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 5))
+    target = torch.randn(6, 5)
+    opt = cls([w], lr=0.1, rank=2) if cls is Lorenza else cls([w], lr=0.1)
+    seen = []
+
+    def zero(optimizer):
+        seen.append(float(w.grad.norm()))
+        w.grad.zero_()
+    handle = opt.register_gradient_hook(zero)
+    start = w.detach().clone()
+    opt.step(lambda: ((w - target) ** 2).sum())
+    assert len(seen) == 1 and seen[0] > 0
+    torch.testing.assert_close(w.detach(), start, rtol=0, atol=1e-6)  # the probe's restore rounds
+    handle.remove()
+    opt.step(lambda: ((w - target) ** 2).sum())
+    assert len(seen) == 1 and float((w.detach() - start).abs().max()) > 1e-2

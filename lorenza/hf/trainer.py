@@ -88,6 +88,7 @@ class Trainer(transformers.Trainer):
     """
 
     _closure_optimizer = None  # the lorenza optimizer whose step takes the micro-batches' closure
+    _step_grad_norm = None  # a SAM step's gradient norm, filled in during the step (see below)
 
     def create_optimizer(self, model=None):
         given = self.optimizer_cls_and_kwargs
@@ -118,6 +119,27 @@ class Trainer(transformers.Trainer):
                 self._tr_loss += loss.detach().to(self._tr_loss.device)
             return loss
         optimizer.step = step_with_micro_batches
+        if isinstance(optimizer, ZerothOrderSAM):
+            self._step_grad_norm = torch.zeros((), device=self.args.device)
+            optimizer.register_gradient_hook(self._clip_sam_gradient)
+
+    def _clip_sam_gradient(self, optimizer) -> None:
+        """Clip the SAM gradient, the one the update uses, to ``args.max_grad_norm`` (when above 0),
+        and record its norm before clipping for the log."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        limit = self.args.max_grad_norm if (self.args.max_grad_norm or 0) > 0 else float("inf")
+        norm = self.accelerator.clip_grad_norm_(params, limit)
+        self._step_grad_norm.copy_(torch.as_tensor(norm, dtype=self._step_grad_norm.dtype))
+
+    def _clip_grad_norm(self, model):
+        if self._step_grad_norm is None:
+            return super()._clip_grad_norm(model)
+        return self._step_grad_norm  # no gradient yet: the step clips it, and the log reads it after
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if self._step_grad_norm is None:
+            return super()._get_grad_norm(model, grad_norm)
+        return self._step_grad_norm
 
     def _micro_batches_loss(self, held):
         """The loss of the accumulated micro-batches, weighted as Trainer's gradient accumulation

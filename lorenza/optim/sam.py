@@ -1,8 +1,10 @@
 """The step of LORENZA and AdaZo-SAM: Adam + SAM with a zeroth-order ascent (docs/algorithms.md,
 section 2)."""
 import warnings
+from collections import OrderedDict
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from ..distributed import fsdp, mean_over_ranks, shards
 from . import _checks, two_point
@@ -28,6 +30,19 @@ class ZerothOrderSAM(ProjectedAdam):
 
     def __init__(self, params, defaults: dict, process_group=None):
         super().__init__(params, dict(defaults, zo_step=0), process_group)
+        self._gradient_hooks = OrderedDict()
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_gradient_hooks", OrderedDict())  # hooks are not pickled
+
+    def register_gradient_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(optimizer)`` in every step once the SAM gradient is in ``.grad``, before the
+        update uses it (not when the update is skipped): where gradient clipping belongs, since the
+        gradient a step uses exists only inside it. Returns a handle whose ``remove()`` removes it."""
+        handle = RemovableHandle(self._gradient_hooks)
+        self._gradient_hooks[handle.id] = hook
+        return handle
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -150,5 +165,7 @@ class ZerothOrderSAM(ProjectedAdam):
             warnings.warn(f"{name}: non-finite loss at the SAM point; skipping the update",
                           RuntimeWarning, stacklevel=2)
             return sam_loss if loss is None else loss
+        for hook in self._gradient_hooks.values():
+            hook(self)
         self._update([(g, p, i) for g, p, i in trainable if p.grad is not None])
         return sam_loss if loss is None else loss
