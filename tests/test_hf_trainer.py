@@ -1,8 +1,11 @@
 """``lorenza.hf.Trainer``: a lorenza optimizer chosen with ``optimizer_cls_and_kwargs`` gets its
 param groups from the model (the head, embeddings and norms plain; ``optim_target_modules``
 honoured) and its hyperparameters from ``TrainingArguments``, and trains a small LLaMA."""
+import contextlib
+
 import pytest
 import torch
+from allocations import PeakSavedActivations
 from hf_models import VOCAB, tiny_llama
 
 import lorenza
@@ -82,13 +85,17 @@ def test_a_small_llama_trains_at_the_arguments_learning_rate(tmp_path):
     assert all(group["lr"] == 1e-2 for group in trainer.optimizer.param_groups)
 
 
-def train(tmp_path, optimizer, steps, batch=8, accumulation=1, lr=1e-2):
-    """The trainer after ``steps`` optimizer steps, and the losses it logged."""
+def train(tmp_path, optimizer, steps, batch=8, accumulation=1, lr=1e-2, activations=None):
+    """The trainer after ``steps`` optimizer steps, and the losses it logged; ``activations`` (a
+    ``PeakSavedActivations``) counts the activations of the training, the weights excluded."""
     model = tiny_llama()
     args = arguments(tmp_path, learning_rate=lr, max_steps=steps, lr_scheduler_type="constant",
                      per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation)
     trainer = hf.Trainer(model, args, train_dataset=Counting(), optimizer_cls_and_kwargs=optimizer)
-    trainer.train()
+    if activations is not None:
+        activations.exclude = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with activations or contextlib.nullcontext():
+        trainer.train()
     return trainer, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
@@ -126,3 +133,13 @@ def test_lorenza_clips_and_logs_the_sam_gradient_its_update_uses(tmp_path):
     params = [p for group in trainer.optimizer.optimizer.param_groups for p in group["params"]]
     # Trainer zeroes the gradients after the step: the next step's hook sees the SAM gradient anew
     assert all(p.grad is None for p in params)
+
+
+def test_lorenza_accumulating_4_micro_batches_holds_one_micro_batchs_activations(tmp_path):
+    peaks = {}
+    for batch, accumulation in ((8, 1), (2, 4)):
+        saved = PeakSavedActivations()
+        train(tmp_path / str(batch), (lorenza.Lorenza, {"rank": 8}), steps=2, batch=batch,
+              accumulation=accumulation, activations=saved)
+        peaks[accumulation] = saved.peak
+    assert 0 < peaks[4] <= peaks[1] / 3.5, peaks  # a quarter of the batch's graph (and a few fixed tensors)

@@ -306,3 +306,33 @@ def test_a_gradient_hook_sees_the_sam_gradient_and_the_update_uses_what_it_leave
     handle.remove()
     opt.step(lambda: ((w - target) ** 2).sum())
     assert len(seen) == 1 and float((w.detach() - start).abs().max()) > 1e-2
+
+
+def test_micro_batch_closures_step_as_one_batch_and_hold_one_micro_batchs_activations():
+    """``step([c_1, .., c_4])`` (each the mean loss of a quarter of the batch, / 4) equals
+    ``step(c)`` on the whole batch to rounding, with a quarter of the activations alive at once."""
+    from allocations import PeakSavedActivations
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4))
+    x, y = torch.randn(32, 16), torch.randn(32, 4)
+    results = {}
+    for name, quarters in (("whole", False), ("micro-batches", True)):
+        net = model()
+        opt = Lorenza(lorenza.param_groups(net, rank=4, update_gap=2), lr=1e-2, seed=1)
+
+        def loss(inputs, targets):
+            return torch.nn.functional.mse_loss(net(inputs), targets)
+        # each micro-batch its own tensors, as a data loader gives them (a slice would keep the batch)
+        chunks = [(a.clone(), b.clone()) for a, b in zip(x.chunk(4), y.chunk(4))]
+        closure = [lambda a=a, b=b: loss(a, b) / 4 for a, b in chunks] if quarters else (lambda: loss(x, y))
+        losses = []
+        with PeakSavedActivations(exclude=list(net.parameters())) as saved:
+            for _ in range(3):
+                losses.append(float(opt.step(closure)))
+        results[name] = torch.cat([p.detach().flatten() for p in net.parameters()]), losses, saved.peak
+    (whole, whole_losses, whole_peak), (micro, micro_losses, micro_peak) = results.values()
+    torch.testing.assert_close(micro, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(micro_losses, whole_losses, rtol=1e-5, atol=0)
+    assert 0 < micro_peak <= whole_peak / 4, (micro_peak, whole_peak)  # one quarter's graph

@@ -82,9 +82,11 @@ class Trainer(transformers.Trainer):
 
     The closure optimizers (``Lorenza``, ``AdaZoSAM``, MeZO, LOZO, AdaZeta) step inside Trainer's
     loop: each micro-batch's training step only keeps its inputs (no forward, no backward), and
-    Trainer's ``optimizer.step()`` runs the optimizer with a closure over the accumulated
-    micro-batches, whose loss is their mean, as Trainer's gradient accumulation weighs them. The
-    loss logged is the one the step returns. Anything else is ``transformers.Trainer`` unchanged.
+    Trainer's ``optimizer.step()`` steps with one closure per accumulated micro-batch, each loss
+    weighted as Trainer's gradient accumulation weighs it (``Lorenza``/``AdaZoSAM`` run backward
+    after each, so one micro-batch's activations are alive at a time). The loss logged is the one
+    the step returns, and ``max_grad_norm`` clips the SAM gradient the update uses. Anything else
+    is ``transformers.Trainer`` unchanged.
     """
 
     _closure_optimizer = None  # the lorenza optimizer whose step takes the micro-batches' closure
@@ -114,7 +116,7 @@ class Trainer(transformers.Trainer):
             if closure is not None:
                 return step(closure)
             held, self._micro_batches = self._micro_batches, []
-            loss = step(lambda: self._micro_batches_loss(held))
+            loss = step([lambda batch=batch: self._micro_batch_loss(batch, len(held)) for batch in held])
             if loss is not None:  # what Trainer logs: the step's loss, not the zeros training_step gave
                 self._tr_loss += loss.detach().to(self._tr_loss.device)
             return loss
@@ -141,21 +143,18 @@ class Trainer(transformers.Trainer):
             return super()._get_grad_norm(model, grad_norm)
         return self._step_grad_norm
 
-    def _micro_batches_loss(self, held):
-        """The loss of the accumulated micro-batches, weighted as Trainer's gradient accumulation
-        weighs them (a loss already normalised by the step's token count is summed, others are
-        averaged)."""
-        total = None
-        for model, inputs, num_items_in_batch in held:
-            with self.compute_loss_context_manager():
-                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-            scaled = self.loss_is_scaled_for_ga
-            if scaled is None:
-                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None
-                          or self.compute_loss_func is not None)
-            loss = loss if scaled else loss / len(held)
-            total = loss if total is None else total + loss
-        return total
+    def _micro_batch_loss(self, batch, count: int):
+        """One accumulated micro-batch's share of the step's loss, weighted as Trainer's gradient
+        accumulation weighs it: as it is when the model normalised it by the step's token count,
+        else divided by the number of micro-batches."""
+        model, inputs, num_items_in_batch = batch
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None
+                      or self.compute_loss_func is not None)
+        return loss if scaled else loss / count
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._closure_optimizer is None:

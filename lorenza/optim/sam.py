@@ -13,6 +13,11 @@ from .projected_adam import ProjectedAdam
 from .two_point import BACKWARD_IN_CLOSURE
 
 
+def _grad_version(param):
+    """What changes when ``param.grad`` is set or written (a closure that called backward)."""
+    return None if param.grad is None else (id(param.grad), param.grad._version)
+
+
 class ZerothOrderSAM(ProjectedAdam):
     """Adam at a sharpness-aware (SAM) point whose ascent is estimated from forward passes only: the
     step of :class:`~lorenza.Lorenza` (directions in each projected parameter's subspace) and of
@@ -20,7 +25,10 @@ class ZerothOrderSAM(ProjectedAdam):
     ``residual`` and the optimizer-wide step counter ``zo_step``.
 
     ``step(closure)``: ``closure()`` runs the forward pass and returns the scalar loss tensor; it
-    must not call ``backward()``. The step replaces ``.grad`` with the SAM gradient and returns
+    must not call ``backward()``. ``closure`` may also be a list of closures, one per micro-batch
+    (each returning its weighted share of the loss): the loss is their sum, and the SAM gradient
+    runs backward after each, so only one micro-batch's activations are alive at a time (gradient
+    accumulation with bounded memory). The step replaces ``.grad`` with the SAM gradient and returns
     the loss at ``W`` (the mean of the first probe pair). A probe whose loss is NaN/Inf restores
     the weights and skips the ascent for that step (with a warning); a gradient pass whose loss
     is NaN/Inf skips the update, leaving weights and state as they were. The probe directions
@@ -115,22 +123,26 @@ class ZerothOrderSAM(ProjectedAdam):
             param.grad = None
         if ascent is not None:
             self._move(directions, ascent)
+        total = None
         with torch.enable_grad():
-            loss = two_point.evaluate(closure, undo, name)
-            if any(param.grad is not None for _, param, _ in trainable):
-                undo()
-                raise ValueError(BACKWARD_IN_CLOSURE.format(name=name))
-            if not loss.requires_grad:
-                undo()
-                raise ValueError(f"{name}: the closure's loss does not require grad; "
-                                 "it must be computed from the parameters with grad enabled")
-            try:
-                loss.backward()
-            except BaseException:
-                undo()
-                raise
+            for part in two_point.parts(closure):  # micro-batches: one graph alive at a time
+                before = [_grad_version(param) for _, param, _ in trainable]
+                loss = two_point.evaluate_one(part, undo, name)
+                if [_grad_version(param) for _, param, _ in trainable] != before:
+                    undo()
+                    raise ValueError(BACKWARD_IN_CLOSURE.format(name=name))
+                if not loss.requires_grad:
+                    undo()
+                    raise ValueError(f"{name}: the closure's loss does not require grad; "
+                                     "it must be computed from the parameters with grad enabled")
+                try:
+                    loss.backward()
+                except BaseException:
+                    undo()
+                    raise
+                total = loss.detach() if total is None else total + loss.detach()
             move_back()
-        return loss.detach()
+        return total
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -11,14 +11,23 @@ BACKWARD_IN_CLOSURE = ("the closure must return the loss without calling backwar
                        "{name}.step() chooses the grad mode and calls backward itself")
 
 
+def parts(closure) -> list:
+    """The micro-batch closures of ``closure``: itself, or the callables of a list or tuple of them
+    (a step over accumulated micro-batches: its loss is the sum of theirs, each closure weighing its
+    own share)."""
+    return list(closure) if isinstance(closure, (list, tuple)) else [closure]
+
+
 def require_closure(closure, name: str) -> None:
-    if closure is None or not callable(closure):
+    given = parts(closure) if closure is not None else []
+    if not given or not all(callable(part) for part in given):
         raise TypeError(f"{name}.step() needs a closure: a callable that runs the forward pass "
-                        f"and returns the loss (without calling backward), got {closure!r}")
+                        f"and returns the loss (without calling backward), or a list of them, one per "
+                        f"micro-batch, got {closure!r}")
 
 
-def evaluate(closure, undo, name: str) -> torch.Tensor:
-    """Run the closure and return its scalar loss; on any failure call ``undo()`` and raise."""
+def evaluate_one(closure, undo, name: str) -> torch.Tensor:
+    """Run one closure and return its scalar loss; on any failure call ``undo()`` and raise."""
     try:
         loss = closure()
     except RuntimeError as err:
@@ -34,6 +43,16 @@ def evaluate(closure, undo, name: str) -> torch.Tensor:
         shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
         raise ValueError(f"{name}: the closure must return a scalar loss tensor, got {shape}")
     return loss
+
+
+def evaluate(closure, undo, name: str) -> torch.Tensor:
+    """The loss of ``closure`` (summed over its micro-batch closures, :func:`parts`); on any failure
+    call ``undo()`` and raise."""
+    total = None
+    for part in parts(closure):
+        loss = evaluate_one(part, undo, name)
+        total = loss if total is None else total + loss
+    return total
 
 
 def cuda_devices(params) -> list:

@@ -24,12 +24,13 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
 
     ``step(closure)``: ``closure()`` runs the forward pass on the same batch every time it is
     called and returns the scalar loss tensor; it runs under ``torch.no_grad()`` and must not call
-    ``backward()``. Every evaluation of a step starts from the same random-generator state, so
-    dropout masks are shared (one per step). The step returns the mean of the first pair, the loss at ``W`` to
-    O(zo_eps^2). If the closure raises, the weights are restored and the optimizer is unchanged
-    (the random generators have moved on as the closure used them). If a loss is NaN/Inf, the
-    weights are restored, the update is skipped with a ``RuntimeWarning``, and the step counter
-    still advances so the next step draws new directions.
+    ``backward()``. A list of closures, one per micro-batch, is one loss: the sum of theirs. Every
+    evaluation of a step starts from the same random-generator state, so dropout masks are shared
+    (one per step). The step returns the mean of the first pair, the loss at ``W`` to O(zo_eps^2).
+    If the closure raises, the weights are restored and the optimizer is unchanged (the random
+    generators have moved on as the closure used them). If a loss is NaN/Inf, the weights are
+    restored, the update is skipped with a ``RuntimeWarning``, and the step counter still
+    advances so the next step draws new directions.
 
     Under ``torch.distributed`` each probe pair is averaged over ``process_group`` (data parallel:
     each rank's closure on its own batch; AdaZeta's ``split_queries`` gathers them instead), and on
