@@ -143,3 +143,23 @@ def test_lorenza_accumulating_4_micro_batches_holds_one_micro_batchs_activations
               accumulation=accumulation, activations=saved)
         peaks[accumulation] = saved.peak
     assert 0 < peaks[4] <= peaks[1] / 3.5, peaks  # a quarter of the batch's graph (and a few fixed tensors)
+
+
+@pytest.mark.parametrize("optimizer", [(lorenza.LowRankAdamW, {"rank": 8, "update_gap": 2}),
+                                       (lorenza.Lorenza, {"rank": 8, "update_gap": 2}),
+                                       (lorenza.MeZO, {}), (lorenza.LOZO, {"momentum": 0.9}),
+                                       (lorenza.AdaZeta, {"steps_per_epoch": 2, "shrink": 1.0, "rate": 1.0})],
+                         ids=lambda o: o[0].__name__)
+def test_a_run_resumed_from_a_mid_run_checkpoint_ends_bit_identical(tmp_path, optimizer):
+    def run(out, resume=None):
+        model = tiny_llama()
+        args = arguments(out, learning_rate=1e-2, max_steps=6, lr_scheduler_type="linear",
+                         save_strategy="steps", save_steps=3)
+        hf.Trainer(model, args, train_dataset=Counting(), optimizer_cls_and_kwargs=optimizer).train(
+            resume_from_checkpoint=resume)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+    uninterrupted = run(tmp_path / "a")
+    checkpoint = tmp_path / "a" / "checkpoint-3"
+    assert torch.equal(run(tmp_path / "b", resume=str(checkpoint)), uninterrupted)
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)  # tensors and plain values only
+    assert saved["param_groups"][0]["lr"] > 0
