@@ -163,3 +163,19 @@ def test_a_run_resumed_from_a_mid_run_checkpoint_ends_bit_identical(tmp_path, op
     assert torch.equal(run(tmp_path / "b", resume=str(checkpoint)), uninterrupted)
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)  # tensors and plain values only
     assert saved["param_groups"][0]["lr"] > 0
+
+
+def test_accelerate_without_trainer_steps_with_a_closure_and_returns_the_loss():
+    accelerate = pytest.importorskip("accelerate")
+    accelerator = accelerate.Accelerator(cpu=True)
+    model, batch = tiny_llama(), Counting()[0]
+    inputs = {key: value[None] for key, value in batch.items()}
+    model, opt = accelerator.prepare(model, lorenza.Lorenza(lorenza.param_groups(model, rank=8), lr=1e-2))
+
+    def closure():
+        return model(**inputs).loss
+    assert opt.step(closure) is None  # accelerate's step drops the loss
+    hf.returning_loss(opt)
+    losses = [float(opt.step(closure)) for _ in range(5)]
+    assert losses[0] > 3.5 and losses[-1] < losses[0]  # the real loss, falling
+    assert "step" not in opt.optimizer.__dict__  # nothing left wrapped between steps
