@@ -179,3 +179,24 @@ def test_accelerate_without_trainer_steps_with_a_closure_and_returns_the_loss():
     losses = [float(opt.step(closure)) for _ in range(5)]
     assert losses[0] > 3.5 and losses[-1] < losses[0]  # the real loss, falling
     assert "step" not in opt.optimizer.__dict__  # nothing left wrapped between steps
+
+
+def test_two_processes_through_accelerate_keep_identical_replicas(tmp_path):
+    """``torchrun`` of 2 CPU processes (accelerate's DDP, gloo): every optimizer's replicas end
+    bit-identical, each rank's closure on its own micro-batches."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from hf_trainer_ranks import OPTIMIZERS
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "tests" / "hf_trainer_ranks.py"), str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in OPTIMIZERS:
+        ranks = [torch.load(tmp_path / f"{name}-{rank}.pt") for rank in (0, 1)]
+        assert ranks[0]["world"] == 2 and len(ranks[0]["losses"]) == 3, name
+        assert torch.equal(ranks[0]["weights"], ranks[1]["weights"]), name
