@@ -12,6 +12,7 @@ gloo on CPUs, NCCL on GPUs (one per rank). Each rank trains on its share of ever
 prints the loss of each step (the whole batch's) and the optimizer state this rank holds.
 """
 import argparse
+import gc
 import os
 import pathlib
 
@@ -132,6 +133,9 @@ def main(argv=None):
     if rank == 0:
         print(f"{args.optimizer} under {args.engine} on {world} ranks: state on this rank "
               f"{lorenza.state_bytes(opt) / 2**20:.2f} MiB; checkpoint in {checkpoint}", flush=True)
+    del forward  # DDP's reducer goes before the process group it uses,
+    gc.collect()
+    dist.barrier()  # and no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 
