@@ -117,8 +117,8 @@ def estimates(closure, move, queries: int, mu: float, name: str, devices=(), res
     Returns ``(coeffs, loss, failed)``: ``loss`` is the mean of the first pair (the loss at ``W``
     to O(mu^2)); ``failed`` is None, or ``(j, f+, f-)`` of the first pair with a NaN/Inf loss, after
     which no further probe runs (unless ``split``), the weights are back at ``W`` and ``coeffs`` is
-    None. With
-    ``restore_last=False`` and every loss finite, the weights are left at ``W - mu D_{q-1}``.
+    None. With ``restore_last=False`` and every loss finite, the weights are left at
+    ``W - mu D_{q-1}``.
 
     ``split`` (query parallelism): each rank of ``group`` evaluates its share of the queries on its
     batch, the same on every rank, and the pairs are gathered rather than averaged
