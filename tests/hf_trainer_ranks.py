@@ -17,14 +17,14 @@ OPTIMIZERS = {
     "MeZO": (lorenza.MeZO, {}),
     "AdaZeta": (lorenza.AdaZeta, {"steps_per_epoch": 1, "shrink": 2.0, "rate": 0.0}),
 }
+RUN = dict(learning_rate=1e-2, max_steps=3, gradient_accumulation_steps=2)  # per_device_train_batch_size: 4
 
 
 def main(out: str) -> None:
     torch.set_num_threads(1)
     for name, optimizer in OPTIMIZERS.items():
         model = tiny_llama()
-        args = arguments(os.path.join(out, name), learning_rate=1e-2, max_steps=3,
-                         per_device_train_batch_size=4, gradient_accumulation_steps=2, ddp_backend="gloo")
+        args = arguments(os.path.join(out, name), per_device_train_batch_size=4, ddp_backend="gloo", **RUN)
         trainer = lorenza.hf.Trainer(model, args, train_dataset=Counting(),
                                      optimizer_cls_and_kwargs=optimizer)
         trainer.train()

@@ -182,25 +182,41 @@ def test_accelerate_without_trainer_steps_with_a_closure_and_returns_the_loss():
     assert "step" not in opt.optimizer.__dict__  # nothing left wrapped between steps
 
 
-def test_two_processes_through_accelerate_keep_identical_replicas(tmp_path):
+# Relative distance of the weights allowed between 2 processes and 1 on their whole batch after 3
+# steps, relative to how far they moved: about 10x this machine's (LowRankAdamW 1.5e-5, its rSVD
+# refresh at step 2 amplifying the rounding of the averaged gradient; Lorenza 2.8e-6; MeZO 2.0e-4
+# and AdaZeta 3.7e-4, a zeroth-order estimate magnifying the rounding of the loss averaged over ranks).
+SPLIT_APART = {"LowRankAdamW": 2e-4, "Lorenza": 3e-5, "MeZO": 2e-3, "AdaZeta": 4e-3}
+
+
+def test_two_processes_through_accelerate_keep_identical_replicas_and_train_as_one(tmp_path):
     """``torchrun`` of 2 CPU processes (accelerate's DDP, gloo): every optimizer's replicas end
-    bit-identical, each rank's closure on its own micro-batches."""
+    bit-identical, each rank's closure on its own micro-batches, and close to one process taking
+    both ranks' micro-batches (per-device batch 8)."""
     import os
     import subprocess
     import sys
 
     from conftest import ROOT
-    from hf_trainer_ranks import OPTIMIZERS
+    from hf_trainer_ranks import OPTIMIZERS, RUN
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(ROOT / "tests" / "hf_trainer_ranks.py"), str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"))
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in OPTIMIZERS:
+    for name, optimizer in OPTIMIZERS.items():
         ranks = [torch.load(tmp_path / f"{name}-{rank}.pt") for rank in (0, 1)]
         assert ranks[0]["world"] == 2 and len(ranks[0]["losses"]) == 3, name
         assert torch.equal(ranks[0]["weights"], ranks[1]["weights"]), name
+        model = tiny_llama()
+        args = arguments(tmp_path / name, per_device_train_batch_size=8, **RUN)
+        one = hf.Trainer(model, args, train_dataset=Counting(), optimizer_cls_and_kwargs=optimizer)
+        one.train()
+        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+        start = torch.cat([p.detach().flatten() for p in tiny_llama().parameters()])
+        apart = float((weights - ranks[0]["weights"]).norm() / (weights - start).norm())
+        assert apart < SPLIT_APART[name], (name, apart)
 
 
 @pytest.mark.parametrize("optimizer", [LOW_RANK, (lorenza.Lorenza, {"rank": 8}), (lorenza.MeZO, {})],
@@ -211,3 +227,62 @@ def test_bf16_mixed_precision_trains(tmp_path, optimizer):
     if optimizer[0] is not lorenza.MeZO:  # 10 zeroth-order steps move the loss too little to tell
         assert losses[-1] < losses[0] - 1.0  # 4.16 to 1.87 on this machine
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # bf16 compute, fp32 weights
+
+
+def test_a_closure_optimizer_built_by_the_user_steps_in_the_loop_too(tmp_path):
+    model = tiny_llama()
+    opt = lorenza.Lorenza(lorenza.param_groups(model, rank=8), lr=1e-2)
+    args = arguments(tmp_path, max_steps=10, lr_scheduler_type="constant")
+    trainer = hf.Trainer(model, args, train_dataset=Counting(), optimizers=(opt, None))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert trainer.optimizer.optimizer is opt and losses[0] > 3.5 and losses[-1] < losses[0] - 1.0
+
+
+@pytest.mark.parametrize("optimizer", [(lorenza.MeZO, {}), (lorenza.LOZO, {})], ids=lambda o: o[0].__name__)
+def test_zeroth_order_runs_log_the_norm_of_their_estimate_when_they_log(tmp_path, optimizer, monkeypatch):
+    calls = []
+    estimate_norm = optimizer[0].estimate_norm
+    monkeypatch.setattr(optimizer[0], "estimate_norm", lambda self: calls.append(1) or estimate_norm(self))
+    trainer, _ = train(tmp_path, optimizer, steps=6, logging_steps=3)
+    norms = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
+    assert len(norms) == 2 and all(norm > 0 for norm in norms) and len(calls) == 2  # on the steps that log
+    assert norms[-1] == pytest.approx(float(trainer.optimizer.optimizer.estimate_norm()))
+
+
+def test_per_layer_projfactor_clips_its_projected_gradients(tmp_path, monkeypatch):
+    """``max_grad_norm`` goes to ``ProjFactor.clip_grad_norm_`` in per-layer mode (the full gradients
+    of its projected weights are gone by then), which counts their accumulators: the norm logged is
+    the standard mode's to the estimate's spread."""
+    calls = []
+    clip = lorenza.ProjFactor.clip_grad_norm_
+    monkeypatch.setattr(lorenza.ProjFactor, "clip_grad_norm_",
+                        lambda self, limit: calls.append((limit, float(clip(self, limit)))) or calls[-1][1])
+    runs = {per_layer: train(tmp_path / str(per_layer), (lorenza.ProjFactor, {"rank": 4,
+                                                                               "per_layer": per_layer}),
+                             steps=2, max_grad_norm=0.5)[0]
+            for per_layer in (False, True)}
+    logged = {per_layer: [e["grad_norm"] for e in run.state.log_history if "grad_norm" in e]
+              for per_layer, run in runs.items()}
+    assert [limit for limit, _ in calls] == [0.5, 0.5] and logged[True] == [norm for _, norm in calls]
+    assert logged[True][0] == pytest.approx(logged[False][0], rel=0.3), logged  # the same first gradient
+    runs[True].optimizer.optimizer.remove_hooks()
+
+
+# Relative distance of the weights allowed after 3 steps: about 10x this machine's (LowRankAdamW
+# 1.0e-6, Lorenza 2.6e-6, MeZO 6.3e-5; inductor's kernels round differently from eager's, and a
+# zeroth-order estimate divides a loss difference by 2 * zo_eps).
+COMPILED_APART = {"LowRankAdamW": 1e-5, "Lorenza": 3e-5, "MeZO": 6e-4}
+
+
+@pytest.mark.parametrize("optimizer", [LOW_RANK, (lorenza.Lorenza, {"rank": 8}), (lorenza.MeZO, {})],
+                         ids=lambda o: o[0].__name__)
+def test_torch_compile_trains_as_the_eager_model(tmp_path, optimizer):
+    """``torch_compile=True`` (inductor): the closures call the compiled model, with and without
+    grad, and the run follows the eager one."""
+    eager, eager_losses = train(tmp_path / "eager", optimizer, steps=3)
+    compiled, compiled_losses = train(tmp_path / "compiled", optimizer, steps=3, torch_compile=True)
+    assert type(compiled.model_wrapped).__name__ == "OptimizedModule"  # the model really is compiled
+    torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-5, atol=0)
+    flat = [torch.cat([p.detach().flatten() for p in run.model.parameters()]) for run in (eager, compiled)]
+    assert float((flat[0] - flat[1]).norm() / flat[0].norm()) < COMPILED_APART[optimizer[0].__name__]

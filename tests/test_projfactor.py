@@ -111,6 +111,35 @@ def test_per_layer_mode_projects_each_micro_batch_with_the_steps_projection():
     assert W2.grad is not None
 
 
+@pytest.mark.parametrize("granularity", [1, 2])
+def test_per_layer_clipping_scales_the_accumulators_as_standard_clipping_scales_the_gradients(granularity):
+    """``clip_grad_norm_`` in per-layer mode: its norm counts each accumulator as ``||S||^2 / rank``,
+    close to the full gradients' norm, and the step it clips is the standard step on the gradients
+    clipped by the same factor."""
+    torch.manual_seed(3)
+    start = [torch.randn(96, 48), torch.randn(48, 96), torch.randn(48)]
+    params = [[torch.nn.Parameter(t.clone()) for t in start] for _ in range(2)]
+    standard = ProjFactor(params[0], lr=0.01, rank=16, granularity=granularity, seed=4)
+    layered = ProjFactor(params[1], lr=0.01, rank=16, granularity=granularity, seed=4, per_layer=True)
+    for step in range(3):
+        grads = [grads_of(1, t.shape, seed=10 * step + i)[0] for i, t in enumerate(start)]
+        for opt, ps in ((standard, params[0]), (layered, params[1])):
+            opt.zero_grad()
+            for micro_batch in range(2):  # accumulation: the same total gradient in two halves
+                for p, g in zip(ps, grads):
+                    (p * g / 2).sum().backward()
+        exact = math.sqrt(sum(float(g.square().sum()) for g in grads))
+        estimated = float(layered.clip_grad_norm_(0.5 * exact))
+        assert params[1][0].grad is None and abs(estimated / exact - 1) < 0.25  # spread ~ sqrt(2 / 16) / 2
+        assert float(layered.clip_grad_norm_(math.inf)) == pytest.approx(0.5 * exact, rel=1e-5)  # clipped
+        for p in params[0]:  # the standard step on the gradients clipped by the same factor
+            p.grad.mul_(0.5 * exact / (estimated + 1e-6))
+        standard.step()
+        layered.step()
+    for p, q in zip(*params):
+        torch.testing.assert_close(q.detach(), p.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_the_official_reseeding_loses_all_micro_batches_but_the_last():
     """At a refresh step the official code draws a new random matrix for every micro-batch and
     back-projects the sum with the last one: in expectation only the last micro-batch survives.

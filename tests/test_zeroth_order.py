@@ -236,3 +236,34 @@ def test_complex_and_non_contiguous_parameters_are_refused_before_any_move():
     z = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
     with pytest.raises(TypeError, match="complex"):
         MeZO([z]).step(lambda: z.abs().sum())
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_estimate_norm_is_the_norm_of_the_step_the_update_took(name):
+    """Without weight decay (and on LOZO-M's first step, where N = c U) the update is
+    ``W <- W - lr g``, so ``||W_before - W_after|| / lr`` measures the estimate's norm independently."""
+    x, y = (t.double() for t in data())
+    model = mlp(dtype=torch.float64)
+    opt = OPTIMIZERS[name](model.parameters(), lr=1e-3, seed=0)
+    assert opt.estimate_norm() is None  # no step yet
+    for _ in range(5 if name == "AdaZeta" else 1):  # AdaZeta: on to an epoch of 3 queries
+        before = weights(model)
+        opt.step(mse(model, x, y))
+    if name == "AdaZeta":
+        assert opt.queries_at(opt.zo_step - 1) == 3
+    moved = sum(float((b - p.detach()).square().sum()) for p, b in zip(model.parameters(), before)) ** 0.5
+    norm = opt.estimate_norm()
+    assert norm.dtype == torch.float64 and float(norm) > 0
+    assert float(norm) == pytest.approx(moved / 1e-3, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["MeZO", "LOZO"])
+def test_estimate_norm_is_none_after_a_skipped_step(name):
+    x, y = data()
+    model = mlp()
+    opt = OPTIMIZERS[name](model.parameters(), seed=0)
+    opt.step(mse(model, x, y))
+    assert opt.estimate_norm() is not None
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        opt.step(lambda: torch.tensor(float("nan")))
+    assert opt.estimate_norm() is None

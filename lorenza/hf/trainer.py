@@ -9,6 +9,7 @@ from transformers.trainer_utils import check_target_module_exists
 
 from ..optim.base import LorenzaOptimizer
 from ..optim.projected import ProjectedOptimizer
+from ..optim.projfactor import ProjFactor
 from ..optim.sam import ZerothOrderSAM
 from ..optim.zeroth_order import ZerothOrderOptimizer
 from ..param_groups import param_groups
@@ -91,19 +92,23 @@ class Trainer(transformers.Trainer):
 
     _closure_optimizer = None  # the lorenza optimizer whose step takes the micro-batches' closure
     _step_grad_norm = None  # a SAM step's gradient norm, filled in during the step (see below)
+    _per_layer_optimizer = None  # a ProjFactor(per_layer=True): its accumulators are clipped too
 
     def create_optimizer(self, model=None):
         given = self.optimizer_cls_and_kwargs
-        if self.optimizer is not None or given is None or not issubclass(given[0], LorenzaOptimizer):
-            return super().create_optimizer(model)
-        cls, kwargs = given
-        model = self.model if model is None else model
-        kwargs = {**hyperparameters(cls, self.args), **kwargs}
-        groups = model_param_groups(cls, model, kwargs, set(self.get_decay_parameter_names(model)),
-                                    self.args.optim_target_modules)
-        self.optimizer = cls(groups, **kwargs)
-        if isinstance(self.optimizer, CLOSURE_OPTIMIZERS):
+        if self.optimizer is None and given is not None and issubclass(given[0], LorenzaOptimizer):
+            cls, kwargs = given
+            model = self.model if model is None else model
+            kwargs = {**hyperparameters(cls, self.args), **kwargs}
+            groups = model_param_groups(cls, model, kwargs, set(self.get_decay_parameter_names(model)),
+                                        self.args.optim_target_modules)
+            self.optimizer = cls(groups, **kwargs)
+        else:  # Trainer's own, or one given built in ``optimizers=(optimizer, scheduler)``
+            super().create_optimizer(model)
+        if isinstance(self.optimizer, CLOSURE_OPTIMIZERS) and self._closure_optimizer is not self.optimizer:
             self._hold_micro_batches(self.optimizer)
+        if isinstance(self.optimizer, ProjFactor) and self.optimizer.per_layer:
+            self._per_layer_optimizer = self.optimizer
         return self.optimizer
 
     def _hold_micro_batches(self, optimizer) -> None:
@@ -134,14 +139,27 @@ class Trainer(transformers.Trainer):
         self._step_grad_norm.copy_(torch.as_tensor(norm, dtype=self._step_grad_norm.dtype))
 
     def _clip_grad_norm(self, model):
-        if self._step_grad_norm is None:
+        if self._per_layer_optimizer is not None:  # the full gradients of its weights are gone
+            return self._per_layer_optimizer.clip_grad_norm_(self.args.max_grad_norm)
+        if self._closure_optimizer is None:
             return super()._clip_grad_norm(model)
-        return self._step_grad_norm  # no gradient yet: the step clips it, and the log reads it after
+        # no gradient yet: a SAM step clips its own and the log reads the norm after; zeroth order: below
+        return self._step_grad_norm
 
     def _get_grad_norm(self, model, grad_norm=None):
-        if self._step_grad_norm is None:
+        if self._per_layer_optimizer is not None and grad_norm is None:
+            return self._per_layer_optimizer.clip_grad_norm_(float("inf"))
+        if self._closure_optimizer is None:
             return super()._get_grad_norm(model, grad_norm)
         return self._step_grad_norm
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        """A zeroth-order step's ``grad_norm`` is its estimate's (regenerated from the noise keys:
+        worth it on the steps that log only)."""
+        if (isinstance(self._closure_optimizer, ZerothOrderOptimizer) and self.control.should_log
+                and self.state.global_step > self._globalstep_last_logged):
+            grad_norm = self._closure_optimizer.estimate_norm()
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
     def _micro_batch_loss(self, batch, count: int):
         """One accumulated micro-batch's share of the step's loss, weighted as Trainer's gradient

@@ -53,6 +53,13 @@ class LowRankDirection:
         else:
             self.add_(self.U, alpha, scale)
 
+    def norm_sq(self, coeffs) -> torch.Tensor:
+        """``||alpha U V^T||^2 = alpha^2 sum((U^T U) * (V^T V))`` over this rank's rows, in float64,
+        from ``rank x rank`` Gram matrices (``U V^T`` is not formed)."""
+        (alpha,) = coeffs
+        U, V = self.U.double(), self.V.double()
+        return alpha**2 * ((U.T @ U) * (V.T @ V)).sum()
+
     def add_(self, left: torch.Tensor, alpha: float, scale: float) -> None:
         """``param = scale * param + alpha * left V^T`` for a ``left`` of this rank's rows."""
         ops.low_rank_add_(self.weight, alpha, scale, self.group["rank"], self.key_v, left=left)

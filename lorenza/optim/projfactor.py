@@ -5,7 +5,7 @@ import weakref
 
 import torch
 
-from ..distributed import mean_
+from ..distributed import mean_, shards
 from ..distributed.shards import local, row_shard, rows_of
 from ..projector import work_dtype
 from .projected import ProjectedOptimizer
@@ -178,6 +178,32 @@ class ProjFactor(ProjectedOptimizer):
                     del state["projected_grad"]
                 else:
                     state["projected_grad"].zero_()
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Scale the gradients the next step will use so that their total norm is at most ``max_norm``
+        and return the norm before (``torch.nn.utils.clip_grad_norm_``'s contract): every ``.grad`` and,
+        in per-layer mode, the projected accumulators, which stand for full gradients that no longer
+        exist. An accumulator ``S`` of rank ``r`` counts as ``||S||^2 / r``, the squared norm of its
+        full gradient in expectation (``E[P^T P] = r I`` for the Gaussian basis), so ``max_norm`` means
+        what it means without per-layer mode, to a spread of about ``sqrt(2 / r)`` per weight."""
+        parts, scaled = [], []
+        for group, param, tensor_id in self.params_with_ids():
+            if param.grad is not None:
+                parts.append((local(param.grad).double().square().sum(), row_shard(param)))
+                scaled.append(local(param.grad))
+            accumulated = self.state.get(param, {}).get("projected_grad")
+            if accumulated is not None:
+                projection = self.projection(param, group, tensor_id, this_step=True)
+                share = projection.shard if projection.rows_sharded else None
+                parts.append((accumulated.double().square().sum() / group["rank"], share))
+                scaled.append(accumulated)
+        norm = torch.tensor(shards.total(parts) ** 0.5, dtype=torch.float64)
+        factor = max_norm / (float(norm) + 1e-6)  # the epsilon of torch's clip_grad_norm_
+        if factor < 1.0:
+            for tensor in scaled:
+                tensor.mul_(factor)
+        return norm
 
     # -- the update ---------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ import warnings
 
 import torch
 
-from ..distributed import fsdp
+from ..distributed import fsdp, shards
 from . import _checks, two_point
 from .base import LorenzaOptimizer
 from .directions import ProbeDirection, one_hot, probe_keys
@@ -41,6 +41,7 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
     """
 
     shared_keys = ("zo_eps",)  # one probe moves every group: these must agree across groups
+    _last_estimate = None  # (directions, coefficients) of the last step's estimate, for estimate_norm
 
     def __init__(self, params, defaults: dict, process_group=None):
         super().__init__(params, dict(defaults, zo_step=0), process_group)
@@ -87,6 +88,20 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
         step[-1] += scale * mu
         direction.move_(step, scale=scale)
 
+    def estimate_norm(self):
+        """The norm of the last step's gradient estimate ``(1/q) sum_j c_j D_j`` over every trainable
+        parameter (what ``lorenza.hf.Trainer`` logs as ``grad_norm``), a float64 tensor; None before this
+        instance's first step and after a skipped one. LOZO-M's update follows its momentum, not this.
+
+        The directions are regenerated from their noise keys: for full Gaussian directions that is
+        one more pass of noise over the weights, so ask for it when it is logged, not every step.
+        Under ``torch.distributed`` every rank calls it (FSDP2's shares are summed by an all-reduce)."""
+        if self._last_estimate is None:
+            return None
+        directions, coeffs = self._last_estimate
+        return torch.tensor(shards.total((d.norm_sq(coeffs), d.shard) for d in directions) ** 0.5,
+                            dtype=torch.float64)
+
     # -- the step -----------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -116,6 +131,7 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
                                                    two_point.cuda_devices(p for _, p, _ in trainable),
                                                    restore_last=False,  # the update restores
                                                    group=self.process_group, split=self._split_queries())
+        self._last_estimate = None
         if failed:
             j, plus, minus = failed
             warnings.warn(f"{name}: non-finite loss in probe {j} of step {self.zo_step} (f+={plus}, "
@@ -124,6 +140,7 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
             for direction in directions:
                 self._update_one(direction, coeffs, mu)
             fsdp.reshard(gathered)
+            self._last_estimate = directions, [c / len(coeffs) for c in coeffs]
         for group in self.param_groups:
             group["zo_step"] += 1
         return loss
