@@ -44,7 +44,7 @@ OPTIMIZERS = {
     "AdamW": (None, 1e-4),
     "LowRankAdamW": ((lorenza.LowRankAdamW, dict(rank=16, scale=0.25, update_gap=50)), 1e-3),
     "Lorenza": ((lorenza.Lorenza, dict(rank=16, scale=0.25, update_gap=50, rho=0.05)), 1e-3),
-    "AdaZeta": ((lorenza.AdaZeta, dict(q_max=4, zo_eps=1e-3)), 1e-2),  # + steps_per_epoch, below
+    "AdaZeta": ((lorenza.AdaZeta, dict(q_max=4, zo_eps=1e-3)), 3e-2),  # + steps_per_epoch, below
 }
 FIRST_ORDER = ("AdamW", "LowRankAdamW", "Lorenza")
 
