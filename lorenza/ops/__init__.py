@@ -11,6 +11,7 @@ from .backend import BackendUnavailable, resolve
 from .linalg import rsvd
 from .noise import chunks, combination, norm_sq, normal_, randn
 from .perturb import gaussian_add_, low_rank_add_, subspace_add_
+from .quantize import dequantize8, quantize8_
 
 
 def check_backend(op: str, device) -> str:
@@ -20,4 +21,5 @@ def check_backend(op: str, device) -> str:
 
 
 __all__ = ["rsvd", "normal_", "randn", "chunks", "combination", "norm_sq", "gaussian_add_", "low_rank_add_",
-           "subspace_add_", "projected_adam_", "adam_", "check_backend", "BackendUnavailable"]
+           "subspace_add_", "projected_adam_", "adam_", "quantize8_", "dequantize8", "check_backend",
+           "BackendUnavailable"]

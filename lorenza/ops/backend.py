@@ -51,13 +51,15 @@ OPS = {
                        TORCH: "lorenza.reference.adam:projected_adam_"},
     "adam": {TRITON: "lorenza.kernels.projected_adam:adam_",
              TORCH: "lorenza.reference.multi_tensor_adam:adam_"},
+    "quantize8": {TORCH: "lorenza.reference.blockwise8:quantize_"},
+    "dequantize8": {TORCH: "lorenza.reference.blockwise8:dequantize"},
 }
 
 # op -> the positional arguments its implementations write in place (a tensor, or a list of
 # tensors), which fallback.py saves before a Triton kernel first runs for a configuration. The
 # noise op only fills its output, which the PyTorch fallback fills again: nothing to save.
 WRITES = {"rsvd": (), "noise": (), "gaussian_add": (0,), "low_rank_add": (0,), "subspace_add": (0,),
-          "projected_adam": (0, 2, 3), "adam": (0, 2, 3)}
+          "projected_adam": (0, 2, 3), "adam": (0, 2, 3), "quantize8": (0, 1), "dequantize8": ()}
 
 
 class BackendUnavailable(RuntimeError):

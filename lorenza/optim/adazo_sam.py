@@ -9,9 +9,10 @@ class AdaZoSAM(ZerothOrderSAM):
     :class:`~lorenza.optim.sam.ZerothOrderSAM`'s."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rho=0.05,
-                 zo_eps=1e-3, zo_queries=1, seed=None, *, process_group=None):
+                 zo_eps=1e-3, zo_queries=1, seed=None, state_bits=32, *, process_group=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, seed=seed,
-                                      rho=rho, zo_eps=zo_eps, zo_queries=zo_queries, residual=False),
+                                      rho=rho, zo_eps=zo_eps, zo_queries=zo_queries, residual=False,
+                                      state_bits=state_bits),
                          process_group)
 
     def _validate_group(self, group: dict) -> None:

@@ -17,9 +17,9 @@ class Lorenza(ZerothOrderSAM):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=128,
                  update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, rho=0.05,
-                 zo_eps=1e-3, zo_queries=1, residual=False, *, process_group=None):
+                 zo_eps=1e-3, zo_queries=1, residual=False, state_bits=32, *, process_group=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                                       update_gap=update_gap, scale=scale, projector=projector,
                                       stagger=stagger,
                                       seed=seed, rho=rho, zo_eps=zo_eps, zo_queries=zo_queries,
-                                      residual=residual), process_group)
+                                      residual=residual, state_bits=state_bits), process_group)

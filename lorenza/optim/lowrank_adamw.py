@@ -13,6 +13,8 @@ class LowRankAdamW(ProjectedAdam):
     ``(m c) x (n / c)`` (``(m / c) x (n c)`` for a wide one), VLoRP's finer projection units; then
     the rank is compared with that view's smaller side. ``stagger=True`` spreads the refreshes of
     the layers over the gap. Weight decay is applied after the update, as GaLore does.
+    ``state_bits=8`` keeps Adam's moments of 4096 elements or more in blockwise 8-bit codes
+    (docs/algorithms.md, section 9).
 
     Every keyword is also a param-group key; GaLore's ``update_proj_gap`` and ``proj_type`` are
     accepted. If any group given names ``rank``, groups that don't are left unprojected, so a
@@ -20,9 +22,10 @@ class LowRankAdamW(ProjectedAdam):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=128,
-                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, granularity=1, *,
-                 process_group=None):
+                 update_gap=200, scale=0.25, projector="rsvd", stagger=False, seed=None, granularity=1,
+                 state_bits=32, *, process_group=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                                       update_gap=update_gap, scale=scale, projector=projector,
                                       stagger=stagger,
-                                      granularity=granularity, seed=seed), process_group)
+                                      granularity=granularity, seed=seed, state_bits=state_bits),
+                         process_group)

@@ -1,14 +1,15 @@
 """What every projected optimizer shares (docs/algorithms.md, sections 1 and 7): the projection keys
 of its param groups and GaLore's aliases, which parameters are projected, their basis and its
 refresh schedule, and the state a step creates. Each optimizer adds its own update (``_update``)."""
+import math
 import warnings
 
 import torch
 
 from .. import projector as proj
-from ..distributed.shards import local, placed_like, row_shard
+from ..distributed.shards import DTensor, local, placed_like, row_shard
 from ..random import Stream, stream_key
-from . import _checks
+from . import _checks, quantized_moments
 from .base import LorenzaOptimizer
 
 # GaLore's group keys, accepted as they are.
@@ -17,7 +18,7 @@ ALIASES = {"update_proj_gap": "update_gap"}
 # The projection keys of a group where an optimizer's defaults leave them out (AdaZoSAM projects
 # nothing, but its groups take the same keys).
 PROJECTION_DEFAULTS = dict(rank=None, update_gap=200, scale=0.25, projector="rsvd", proj_type="std",
-                           stagger=False, granularity=1)
+                           stagger=False, granularity=1, state_bits=32)
 
 
 class ProjectedOptimizer(LorenzaOptimizer):
@@ -61,6 +62,10 @@ class ProjectedOptimizer(LorenzaOptimizer):
         _checks.one_of("projector", group["projector"], proj.KINDS)
         _checks.one_of("proj_type", group["proj_type"], proj.PROJ_TYPES)
         _checks.int_at_least("granularity", group["granularity"], 1)
+        _checks.one_of("state_bits", group["state_bits"], quantized_moments.STATE_BITS)
+        if group["state_bits"] != 32 and any(isinstance(p, DTensor) for p in group["params"]):
+            raise ValueError("state_bits=8 is not yet supported for FSDP2's sharded parameters "
+                             "(docs/algorithms.md, section 9)")
         if group["rank"] is not None:
             for param in group["params"]:
                 if param.dim() == 2 and group["rank"] < min(param.shape):  # a weight meant to be projected
@@ -143,16 +148,21 @@ class ProjectedOptimizer(LorenzaOptimizer):
 
     # -- state --------------------------------------------------------------------------------
 
-    def _moments(self, param, shapes: dict, count: bool = True):
+    def _moments(self, param, shapes: dict, count: bool = True, bits: int = 32):
         """The parameter's state with this step counted (unless ``count`` is False) and the zero
-        moments it lacks created (float32, float64 for float64 weights). ``shapes`` maps each key to
-        ``(shape, rows)``: this rank's shape, and for a DTensor parameter the global rows of a
+        moments it lacks created (float32, float64 for float64 weights; Adam's moments in 8 bits
+        when ``bits`` is 8 and they are large enough, ``quantized_moments``). ``shapes`` maps each
+        key to ``(shape, rows)``: this rank's shape, and for a DTensor parameter the global rows of a
         tensor sharded like it, or None for one every rank holds whole (``shards.placed_like``)."""
         state = self.state[param]
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
         for key, (shape, rows) in shapes.items():
-            if key not in state:
+            if key in state:
+                continue
+            if key in quantized_moments.SIGNED and quantized_moments.quantized(bits, math.prod(shape)):
+                state.update(quantized_moments.zeros(key, shape, param.device))
+            else:
                 zeros = torch.zeros(shape, dtype=proj.work_dtype(param.dtype), device=param.device)
                 state[key] = placed_like(param, zeros, rows)
         if count:
@@ -178,7 +188,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
             if param.grad is None:
                 continue
             projection = self.blank_projection(param, group, tensor_id)
-            state = self._moments(param, self.moment_shapes(param, projection), count=False)
+            state = self._moments(param, self.moment_shapes(param, projection), count=False,
+                                  bits=group["state_bits"])
             if projection is not None and group["projector"] != "random":
                 state["basis"] = self.placed_basis(param, projection)
 

@@ -5,6 +5,8 @@ from collections import defaultdict
 
 from .. import ops
 from ..distributed.shards import local, rows_of
+from ..projector import work_dtype
+from . import quantized_moments
 from .projected import ProjectedOptimizer
 
 
@@ -43,22 +45,40 @@ class ProjectedAdam(ProjectedOptimizer):
             else:
                 projected.append((group, param, projection))
         for group, param, projection in projected:
-            state = self._moments(param, self.moment_shapes(param, projection))
+            state = self._moments(param, self.moment_shapes(param, projection),
+                                  bits=group["state_bits"])
             if group["projector"] != "random":
                 state["basis"] = self.placed_basis(param, projection)
             t = int(state["step"])
-            ops.projected_adam_(local(param), local(param.grad), local(state["exp_avg"]),
-                                local(state["exp_avg_sq"]), projection, scale=group["scale"],
-                                residual=group.get("residual", False), **adam_hyper(group, t))
+            exp_avg, exp_avg_sq = self._load_moments(param)
+            ops.projected_adam_(local(param), local(param.grad), local(exp_avg), local(exp_avg_sq),
+                                projection, scale=group["scale"], residual=group.get("residual", False),
+                                **adam_hyper(group, t))
+            self._store_moments(param, group, exp_avg, exp_avg_sq)
         batches = defaultdict(list)
         for group, param in plain:
-            state = self._moments(param, self.moment_shapes(param, None))
+            state = self._moments(param, self.moment_shapes(param, None), bits=group["state_bits"])
             batches[(id(group), int(state["step"]))].append((group, param))
         for (_, t), members in batches.items():
             group, params = members[0][0], [p for _, p in members]
-            ops.adam_([local(p) for p in params], [local(p.grad) for p in params],
-                      [local(self.state[p]["exp_avg"]) for p in params],
-                      [local(self.state[p]["exp_avg_sq"]) for p in params], **adam_hyper(group, t))
+            # 8-bit moments one parameter at a time: one parameter's float moments exist at once
+            for calls in ([[p] for p in params] if group["state_bits"] == 8 else [params]):
+                moments = [self._load_moments(p) for p in calls]
+                ops.adam_([local(p) for p in calls], [local(p.grad) for p in calls],
+                          [local(m) for m, _ in moments], [local(v) for _, v in moments],
+                          **adam_hyper(group, t))
+                for p, (exp_avg, exp_avg_sq) in zip(calls, moments):
+                    self._store_moments(p, group, exp_avg, exp_avg_sq)
+
+    def _load_moments(self, param):
+        """``(exp_avg, exp_avg_sq)`` as floats to update (the state's own tensors unless 8-bit)."""
+        dtype = work_dtype(param.dtype)
+        state = self.state[param]
+        return tuple(quantized_moments.load(state, key, dtype) for key in ("exp_avg", "exp_avg_sq"))
+
+    def _store_moments(self, param, group, exp_avg, exp_avg_sq) -> None:
+        for key, value in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+            quantized_moments.store_(self.state[param], key, value, group["state_bits"])
 
     def moment_shapes(self, param, projection) -> dict:
         """``_moments``' shapes of Adam's two moments: in the subspace, or shaped like the parameter."""

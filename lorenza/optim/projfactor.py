@@ -99,6 +99,8 @@ class ProjFactor(ProjectedOptimizer):
         if group["projector"] != "random":
             raise ValueError(f"ProjFactor projects with a Gaussian basis: projector must be 'random', "
                              f"got {group['projector']!r}")
+        if group["state_bits"] != 32:
+            raise ValueError("ProjFactor's state is 32-bit only for now (docs/algorithms.md, section 9)")
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
