@@ -86,8 +86,10 @@ class Trainer(transformers.Trainer):
     Trainer's ``optimizer.step()`` steps with one closure per accumulated micro-batch, each loss
     weighted as Trainer's gradient accumulation weighs it (``Lorenza``/``AdaZoSAM`` run backward
     after each, so one micro-batch's activations are alive at a time). The loss logged is the one
-    the step returns, and ``max_grad_norm`` clips the SAM gradient the update uses. Anything else
-    is ``transformers.Trainer`` unchanged.
+    the step returns, and ``max_grad_norm`` clips the SAM gradient the update uses. A zeroth-order
+    run logs its estimate's norm as ``grad_norm``; ``ProjFactor(per_layer=True)`` clips its
+    projected accumulators too (``ProjFactor.clip_grad_norm_``). Anything else is
+    ``transformers.Trainer`` unchanged.
     """
 
     _closure_optimizer = None  # the lorenza optimizer whose step takes the micro-batches' closure
