@@ -8,6 +8,7 @@ import torch
 from ..distributed import mean_, shards
 from ..distributed.shards import local, row_shard, rows_of
 from ..projector import work_dtype
+from . import quantized_moments
 from .projected import ProjectedOptimizer
 
 # id(param) -> (weak param, weak ProjFactor) projecting it in backward: no attribute is put on the
@@ -82,25 +83,26 @@ class ProjFactor(ProjectedOptimizer):
     frees the full gradient: the projected weights' ``.grad`` stays None, ``zero_grad`` clears the
     accumulators, and ``remove_hooks()`` undoes the hooks.
 
+    ``state_bits=8`` keeps the first moment, when it has 4096 elements or more, in blockwise 8-bit
+    codes (docs/algorithms.md, section 9); the factored second moment stays float32.
+
     Every keyword but ``per_layer`` is also a param-group key.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=32,
-                 granularity=1, update_gap=100, scale=1.0, seed=None, *, per_layer=False,
+                 granularity=1, update_gap=100, scale=1.0, seed=None, state_bits=32, *, per_layer=False,
                  process_group=None):
         self.per_layer = per_layer
         self._hooks, self._owners = [], {}
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                                       update_gap=update_gap, scale=scale, projector="random", seed=seed,
-                                      granularity=granularity), process_group)
+                                      granularity=granularity, state_bits=state_bits), process_group)
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
         if group["projector"] != "random":
             raise ValueError(f"ProjFactor projects with a Gaussian basis: projector must be 'random', "
                              f"got {group['projector']!r}")
-        if group["state_bits"] != 32:
-            raise ValueError("ProjFactor's state is 32-bit only for now (docs/algorithms.md, section 9)")
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -277,8 +279,9 @@ class ProjFactor(ProjectedOptimizer):
         S, row_sq, col_sq = self._gradient(group, param, projection)
         weight = local(param)
         rows, cols = matrix_shape(weight)
-        state = self._moments(param, self.moment_shapes(param, projection))
-        M, v_row, v_col = (local(state[key]) for key in ("exp_avg", "exp_avg_sq_row", "exp_avg_sq_col"))
+        state = self._moments(param, self.moment_shapes(param, projection), bits=group["state_bits"])
+        M = local(quantized_moments.load(state, "exp_avg", work_dtype(param.dtype)))  # floats if 8-bit
+        v_row, v_col = (local(state[key]) for key in ("exp_avg_sq_row", "exp_avg_sq_col"))
         M.mul_(beta1).add_(S, alpha=1 - beta1)
         v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
         v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
@@ -295,6 +298,7 @@ class ProjFactor(ProjectedOptimizer):
         factored_update_(weight.view(rows, cols), numerator, v_row, v_col, step_size=step_size,
                          eps=group["eps"], rows_multiple=rows_multiple,
                          v_row_sum=self._sum_over_rows(param, v_row))
+        quantized_moments.store_(state, "exp_avg", M, group["state_bits"])
         decay = group["lr"] * group["weight_decay"]
         if decay:  # after the update, as GaLore and the official code do
             weight.add_(weight, alpha=-decay)
