@@ -280,7 +280,8 @@ class ProjFactor(ProjectedOptimizer):
         weight = local(param)
         rows, cols = matrix_shape(weight)
         state = self._moments(param, self.moment_shapes(param, projection), bits=group["state_bits"])
-        M = local(quantized_moments.load(state, "exp_avg", work_dtype(param.dtype)))  # floats if 8-bit
+        exp_avg = quantized_moments.load(state, "exp_avg", work_dtype(param.dtype))  # floats if 8-bit
+        M = local(exp_avg)
         v_row, v_col = (local(state[key]) for key in ("exp_avg_sq_row", "exp_avg_sq_col"))
         M.mul_(beta1).add_(S, alpha=1 - beta1)
         v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
@@ -298,7 +299,7 @@ class ProjFactor(ProjectedOptimizer):
         factored_update_(weight.view(rows, cols), numerator, v_row, v_col, step_size=step_size,
                          eps=group["eps"], rows_multiple=rows_multiple,
                          v_row_sum=self._sum_over_rows(param, v_row))
-        quantized_moments.store_(state, "exp_avg", M, group["state_bits"])
+        quantized_moments.store_(state, "exp_avg", exp_avg, group["state_bits"])
         decay = group["lr"] * group["weight_decay"]
         if decay:  # after the update, as GaLore and the official code do
             weight.add_(weight, alpha=-decay)
