@@ -80,7 +80,9 @@ OPTIMIZERS = {
     "LowRankAdamW-random": lambda groups: lorenza.LowRankAdamW(groups, lr=1e-2, seed=3, projector="random"),
     "ProjFactor": lambda groups: lorenza.ProjFactor(groups, lr=1e-2, seed=3),
     "ProjFactor-per-layer": lambda groups: lorenza.ProjFactor(groups, lr=1e-2, seed=3, per_layer=True),
+    "LowRankAdamW-per-layer": lambda groups: lorenza.LowRankAdamW(groups, lr=1e-2, seed=3, per_layer=True),
     "Lorenza": lambda groups: lorenza.Lorenza(groups, lr=1e-2, seed=3),
+    "Lorenza-per-layer": lambda groups: lorenza.Lorenza(groups, lr=1e-2, seed=3, per_layer=True),
     "Lorenza+": lambda groups: lorenza.Lorenza(groups, lr=1e-2, seed=3, residual=True),
     "AdaZoSAM": lambda groups: lorenza.AdaZoSAM([p for g in groups for p in g["params"]], lr=1e-2, seed=3),
 }
@@ -92,7 +94,7 @@ ZEROTH_ORDER = {
     "AdaZeta": lambda params: lorenza.AdaZeta(params, lr=1e-2, steps_per_epoch=1, shrink=1.0, rate=1.0,
                                               q_max=3, seed=5),
 }
-CLOSURE_STEP = ("Lorenza", "Lorenza+", "AdaZoSAM", *ZEROTH_ORDER)
+CLOSURE_STEP = ("Lorenza", "Lorenza+", "Lorenza-per-layer", "AdaZoSAM", *ZEROTH_ORDER)
 
 
 def optimizer(name, model, gap):

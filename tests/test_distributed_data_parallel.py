@@ -30,11 +30,15 @@ OPTIMIZERS = {
     "AdaZoSAM": lambda m: AdaZoSAM(m.parameters(), lr=1e-2, seed=7),
     "LowRankAdamW": lambda m: LowRankAdamW(lorenza.param_groups(m, rank=2, update_gap=GAP), lr=1e-2, seed=7),
     "ProjFactor": lambda m: ProjFactor(lorenza.param_groups(m, rank=2, update_gap=GAP), lr=1e-2, seed=7),
+    "LowRankAdamW-per-layer": lambda m: LowRankAdamW(lorenza.param_groups(m, rank=2, update_gap=GAP), lr=1e-2,
+                                                     seed=7, per_layer=True),
+    "Lorenza-per-layer": lambda m: Lorenza(lorenza.param_groups(m, rank=2, update_gap=GAP), lr=1e-2, seed=7,
+                                           per_layer=True),
     "ProjFactor-per-layer": lambda m: ProjFactor(lorenza.param_groups(m, rank=2, update_gap=GAP), lr=1e-2,
                                                  seed=7, per_layer=True),
 }
 NOT_IN_DDP = ("MeZO", "LOZO")  # forward only: DDP is not needed (LOZO-M and AdaZeta run under its forward)
-CLOSURE_STEP = ("MeZO", "LOZO", "LOZO-M", "AdaZeta", "Lorenza", "AdaZoSAM")
+CLOSURE_STEP = ("MeZO", "LOZO", "LOZO-M", "AdaZeta", "Lorenza", "Lorenza-per-layer", "AdaZoSAM")
 
 
 def train(rank, world_size, name, keep_out=False):

@@ -136,11 +136,18 @@ APART = {"LowRankAdamW": 4e-5, "ProjFactor": 4e-6, "Lorenza": 4e-4, "MeZO": 2e-3
          "AdaZeta": 2e-3}
 
 
-@pytest.mark.parametrize("optimizer", [LOW_RANK, (lorenza.ProjFactor, {"rank": 4, "per_layer": True}),
-                                       (lorenza.Lorenza, {"rank": 8}), (lorenza.MeZO, {"seed": 3}),
-                                       (lorenza.LOZO, {"seed": 3}),
+def optimizer_id(optimizer) -> str:
+    cls, kwargs = optimizer
+    return cls.__name__ + ("-M" if kwargs.get("momentum") else "") + ("-per-layer" if kwargs.get("per_layer") else "")
+
+
+@pytest.mark.parametrize("optimizer", [LOW_RANK, (lorenza.LowRankAdamW, {"rank": 8, "per_layer": True}),
+                                       (lorenza.ProjFactor, {"rank": 4, "per_layer": True}),
+                                       (lorenza.Lorenza, {"rank": 8}),
+                                       (lorenza.Lorenza, {"rank": 8, "per_layer": True}),
+                                       (lorenza.MeZO, {"seed": 3}), (lorenza.LOZO, {"seed": 3}),
                                        (lorenza.AdaZeta, {"steps_per_epoch": 1, "shrink": 2.0, "rate": 0.0,
-                                                          "seed": 3})], ids=lambda o: o[0].__name__)
+                                                          "seed": 3})], ids=optimizer_id)
 def test_accumulating_two_micro_batches_of_4_is_one_batch_of_8(tmp_path, optimizer):
     one, one_losses = train(tmp_path / "one", optimizer, steps=3)
     two, two_losses = train(tmp_path / "two", optimizer, steps=3, batch=4, accumulation=2)
@@ -153,12 +160,19 @@ def test_accumulating_two_micro_batches_of_4_is_one_batch_of_8(tmp_path, optimiz
 
 
 def test_lorenza_clips_and_logs_the_sam_gradient_its_update_uses(tmp_path):
-    trainer, _ = train(tmp_path, (lorenza.Lorenza, {"rank": 8}), steps=3)
-    norms = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
-    assert len(norms) == 3 and all(norm > 0 for norm in norms)  # the SAM gradient's, not a zero norm
-    params = [p for group in trainer.optimizer.optimizer.param_groups for p in group["params"]]
-    # Trainer zeroes the gradients after the step: the next step's hook sees the SAM gradient anew
-    assert all(p.grad is None for p in params)
+    norms = {}
+    for per_layer in (False, True):
+        trainer, _ = train(tmp_path / str(per_layer), (lorenza.Lorenza, {"rank": 8, "per_layer": per_layer}),
+                           steps=3)
+        norms[per_layer] = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
+        assert len(norms[per_layer]) == 3 and all(n > 0 for n in norms[per_layer])  # not a zero norm
+        params = [p for group in trainer.optimizer.optimizer.param_groups for p in group["params"]]
+        # Trainer zeroes the gradients after the step: the next step's hook sees the SAM gradient anew
+        assert all(p.grad is None for p in params)
+    # per layer, the first step's bases come from the whole gradients; then a projected weight counts
+    # the part of its gradient in the subspace (its rSVD basis is orthonormal)
+    assert norms[True][0] == pytest.approx(norms[False][0], rel=1e-5)
+    assert all(a < b for a, b in zip(norms[True][1:], norms[False][1:])), norms
 
 
 def test_lorenza_accumulating_4_micro_batches_holds_one_micro_batchs_activations(tmp_path):
@@ -172,13 +186,14 @@ def test_lorenza_accumulating_4_micro_batches_holds_one_micro_batchs_activations
 
 
 @pytest.mark.parametrize("optimizer", [(lorenza.LowRankAdamW, {"rank": 8, "update_gap": 2}),
+                                       (lorenza.LowRankAdamW, {"rank": 8, "update_gap": 2, "per_layer": True}),
                                        (lorenza.Lorenza, {"rank": 8, "update_gap": 2}),
                                        (lorenza.AdaZoSAM, {}),
                                        (lorenza.ProjFactor, {"rank": 4, "update_gap": 2, "per_layer": True}),
                                        (lorenza.MeZO, {}), (lorenza.LOZO, {}),
                                        (lorenza.LOZO, {"momentum": 0.9}),
                                        (lorenza.AdaZeta, {"steps_per_epoch": 2, "shrink": 1.0, "rate": 1.0})],
-                         ids=lambda o: o[0].__name__ + ("-M" if o[1].get("momentum") else ""))
+                         ids=optimizer_id)
 def test_a_run_resumed_from_a_mid_run_checkpoint_ends_bit_identical(tmp_path, optimizer):
     def run(out, resume=None):
         model = tiny_llama()

@@ -17,7 +17,8 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 HYPER = dict(beta1=0.9, beta2=0.999, eps=1e-6, step_size=1e-2, decay=1e-3)
 
 
-def run_projected(backend_choice, monkeypatch, weight, grads, projection, residual, dtype):
+def run_projected(backend_choice, monkeypatch, weight, grads, projection, residual, dtype,
+                  given_projected=False):
     monkeypatch.setenv("LORENZA_BACKEND", backend_choice)
     W = weight.clone().to(dtype)
     work = proj.work_dtype(dtype)
@@ -26,8 +27,11 @@ def run_projected(backend_choice, monkeypatch, weight, grads, projection, residu
                                  projection.granularity)
     M, V = (torch.zeros(projection.subspace_shape(), dtype=work, device=DEVICE) for _ in range(2))
     for G in grads:
-        adam.projected_adam_(W, G.to(dtype), M, V, projection,
-                             scale=0.25, residual=residual, **HYPER)
+        G = G.to(dtype)
+        if given_projected:  # per-layer mode's accumulator, projected in backward
+            G = projection.project(G.to(work))
+        adam.projected_adam_(W, G, M, V, projection, scale=0.25, residual=residual,
+                             projected=given_projected, **HYPER)
     return W, M, V
 
 
@@ -51,6 +55,29 @@ def test_projected_adam_follows_the_reference(dtype, shape, side, granularity, r
             assert_matches_reference(k, r, t, what=name)
         else:  # moments are fp32 for every weight dtype; bf16 only changes the gradient they see
             assert_matches_reference(k, r, rtol=1e-4, what=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,side,granularity,kind", [((127, 300), "left", 1, "svd"),
+                                                         ((120, 300), "right", 3, "random")])
+def test_projected_adam_of_a_projected_gradient_follows_the_reference(dtype, shape, side, granularity, kind,
+                                                                      monkeypatch):
+    grads = [torch.randn(shape, device=DEVICE).to(dtype) for _ in range(3)]
+    basis = proj.compute_basis(grads[0].float().cpu(), 7, side, kind, 3, granularity).to(DEVICE)
+    projection = proj.Projection(basis, side, kind, shape, granularity)
+    weight = torch.randn(shape, device=DEVICE)
+    kernel = run_projected("triton", monkeypatch, weight, grads, projection, False, dtype, True)
+    reference = run_projected("torch", monkeypatch, weight, grads, projection, False, dtype, True)
+    # and the same step as from the full gradient
+    full = run_projected("torch", monkeypatch, weight, grads, projection, False, dtype)
+    truth = run_projected("torch", monkeypatch, weight, grads, projection, False, torch.float64, True) \
+        if dtype in LOW_PRECISION else (None, None, None)
+    for name, k, r, f, t in zip(("weight", "exp_avg", "exp_avg_sq"), kernel, reference, full, truth):
+        if name == "weight":
+            assert_matches_reference(k, r, t, what=name)
+        else:
+            assert_matches_reference(k, r, rtol=1e-4, what=name)
+        torch.testing.assert_close(r, f, rtol=1e-4, atol=1e-5)
 
 
 def test_projected_adam_writes_every_element_of_N(monkeypatch):

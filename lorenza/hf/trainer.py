@@ -9,7 +9,7 @@ from transformers.trainer_utils import check_target_module_exists
 
 from ..optim.base import LorenzaOptimizer
 from ..optim.projected import ProjectedOptimizer
-from ..optim.projfactor import ProjFactor
+from ..optim.per_layer import PerLayerOptimizer
 from ..optim.sam import ZerothOrderSAM
 from ..optim.zeroth_order import ZerothOrderOptimizer
 from ..param_groups import param_groups
@@ -87,14 +87,14 @@ class Trainer(transformers.Trainer):
     weighted as Trainer's gradient accumulation weighs it (``Lorenza``/``AdaZoSAM`` run backward
     after each, so one micro-batch's activations are alive at a time). The loss logged is the one
     the step returns, and ``max_grad_norm`` clips the SAM gradient the update uses. A zeroth-order
-    run logs its estimate's norm as ``grad_norm``; ``ProjFactor(per_layer=True)`` clips its
-    projected accumulators too (``ProjFactor.clip_grad_norm_``). Anything else is
+    run logs its estimate's norm as ``grad_norm``; an optimizer in per-layer mode (``per_layer=True``)
+    clips its projected accumulators too (its ``clip_grad_norm_``). Anything else is
     ``transformers.Trainer`` unchanged.
     """
 
     _closure_optimizer = None  # the lorenza optimizer whose step takes the micro-batches' closure
     _step_grad_norm = None  # a SAM step's gradient norm, filled in during the step (see below)
-    _per_layer_optimizer = None  # a ProjFactor(per_layer=True): its accumulators are clipped too
+    _per_layer_optimizer = None  # one with per_layer=True: its accumulators are clipped too
 
     def create_optimizer(self, model=None):
         given = self.optimizer_cls_and_kwargs
@@ -109,7 +109,9 @@ class Trainer(transformers.Trainer):
             super().create_optimizer(model)
         if isinstance(self.optimizer, CLOSURE_OPTIMIZERS) and self._closure_optimizer is not self.optimizer:
             self._hold_micro_batches(self.optimizer)
-        if isinstance(self.optimizer, ProjFactor) and self.optimizer.per_layer:
+        # a SAM step's backward runs inside it, and so does its clipping (_clip_sam_gradient)
+        if (isinstance(self.optimizer, PerLayerOptimizer) and self.optimizer.per_layer
+                and not isinstance(self.optimizer, CLOSURE_OPTIMIZERS)):
             self._per_layer_optimizer = self.optimizer
         return self.optimizer
 
@@ -135,9 +137,12 @@ class Trainer(transformers.Trainer):
     def _clip_sam_gradient(self, optimizer) -> None:
         """Clip the SAM gradient, the one the update uses, to ``args.max_grad_norm`` (when above 0),
         and record its norm before clipping for the log."""
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         limit = self.args.max_grad_norm if (self.args.max_grad_norm or 0) > 0 else float("inf")
-        norm = self.accelerator.clip_grad_norm_(params, limit)
+        if optimizer.per_layer:  # its projected weights' gradients are in its accumulators
+            norm = optimizer.clip_grad_norm_(limit)
+        else:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = self.accelerator.clip_grad_norm_(params, limit)
         self._step_grad_norm.copy_(torch.as_tensor(norm, dtype=self._step_grad_norm.dtype))
 
     def _clip_grad_norm(self, model):

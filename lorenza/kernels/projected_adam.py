@@ -1,7 +1,8 @@
 """GaLore's Adam step (docs/algorithms.md, section 1) in three kernels:
 
 - project + Adam: ``R = P^T G`` or ``G P^T`` by a GEMM whose epilogue updates the moments in place
-  and writes the normalised step ``N = M / (sqrt(V) + eps)`` (``r``-sized, like the moments);
+  and writes the normalised step ``N = M / (sqrt(V) + eps)`` (``r``-sized, like the moments); an
+  elementwise kernel does the same from an ``R`` projected already (per-layer mode);
 - lift + update: ``W = (1 - decay) (W - step * scale * lift(N))`` through ``rank_update_``, written
   into ``W`` tile by tile, so the step has no ``m x n`` temporary;
 - the unprojected Adam of many tensors in one launch: a table of their addresses, one program per
@@ -90,12 +91,44 @@ def _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R: bool):
     return N, (R if store_R else None)
 
 
+@triton.jit
+def _subspace_adam_kernel(r_ptr, m_ptr, v_ptr, n_ptr, numel, beta1: tl.float64, one_minus_beta1: tl.float64,
+                          beta2: tl.float64, one_minus_beta2: tl.float64, eps: tl.float64,
+                          COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    m, v, n = _adam_moments(tl.load(r_ptr + offs, mask=mask).to(COMPUTE), tl.load(m_ptr + offs, mask=mask),
+                            tl.load(v_ptr + offs, mask=mask), beta1, one_minus_beta1, beta2, one_minus_beta2,
+                            eps, COMPUTE)
+    tl.store(m_ptr + offs, m, mask=mask)
+    tl.store(v_ptr + offs, v, mask=mask)
+    tl.store(n_ptr + offs, n, mask=mask)
+
+
+def _subspace_adam(R, M, V, beta1, beta2, eps):
+    """``N`` from an already projected gradient ``R`` (per-layer mode), ``M, V`` updated in place."""
+    if not all(t.is_contiguous() for t in (R, M, V)) or R.shape != M.shape:
+        raise ValueError("the subspace Adam kernel needs contiguous moments and a gradient of their shape")
+    N = torch.empty_like(M)
+    block = launch.elementwise_block(M.numel())
+    _subspace_adam_kernel[(triton.cdiv(M.numel(), block),)](
+        R, M, V, N, M.numel(), *_betas(beta1, beta2), float(eps), COMPUTE=launch.compute_dtype(M.dtype),
+        BLOCK=block)
+    return N
+
+
 def projected_adam_(W, G, M, V, basis, side, lift_scale, *, scale, residual, beta1, beta2, eps, step_size,
-                    decay):
-    """The reference's ``projected_adam_`` (same arguments: ``W`` and ``G`` are the folded views) with no
-    ``m x n`` temporary (see the module docstring)."""
+                    decay, projected=False):
+    """The reference's ``projected_adam_`` (same arguments: ``W`` and ``G`` are the folded views, or
+    ``G`` the subspace gradient when ``projected``) with no ``m x n`` temporary (see the module
+    docstring)."""
     launch.check_dtype(W, G, M)
-    N, R = _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R=residual)
+    if projected:
+        if residual:
+            raise ValueError("the residual needs the full gradient, not its projection")
+        N, R = _subspace_adam(G, M, V, beta1, beta2, eps), None
+    else:
+        N, R = _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R=residual)
     alpha, keep = step_size * scale, 1.0 - decay
     grad_coef = 0.0
     if residual:  # W -= alpha (lift(N) + phi (G - lift(R))) = alpha (lift(N - phi R) + phi G)

@@ -8,19 +8,22 @@ from . import backend
 
 @torch.no_grad()
 def projected_adam_(param, grad, exp_avg, exp_avg_sq, projection, *, scale, residual, beta1, beta2, eps,
-                    step_size, decay) -> None:
+                    step_size, decay, projected=False) -> None:
     """One projected Adam step of ``param``: moments ``exp_avg``, ``exp_avg_sq`` in the subspace of
     ``projection`` (a :class:`lorenza.projector.Projection`), the lifted step written into ``param``
-    with no ``m x n`` temporary; ``residual`` adds Lorenza+'s out-of-subspace term.
+    with no ``m x n`` temporary; ``residual`` adds Lorenza+'s out-of-subspace term. ``projected=True``:
+    ``grad`` is the subspace gradient already (``projection.project``'s), as per-layer mode keeps it.
 
     For a projection of a row-sharded parameter whose step needs sums over every rank's rows (the
     left side, or the residual's norms) the PyTorch implementation runs, with the all-reduces
     between its stages; the right side without residual is local to the shard and runs fused."""
-    args = (param.view(projection.folded), grad.reshape(projection.folded), exp_avg, exp_avg_sq,
-            projection.basis, projection.side, projection.lift_scale)
+    if projected and residual:
+        raise ValueError("projected_adam_: the residual needs the full gradient, not its projection")
+    args = (param.view(projection.folded), grad if projected else grad.reshape(projection.folded), exp_avg,
+            exp_avg_sq, projection.basis, projection.side, projection.lift_scale)
     hyper = dict(scale=scale, residual=residual, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size,
-                 decay=decay)
-    if projection.shard is not None and (projection.side == "left" or residual):
+                 decay=decay, projected=projected)
+    if projection.shard is not None and (projection.side == "left" and not projected or residual):
         backend.implementation("projected_adam", backend.TORCH)(*args, **hyper, sum_rows=projection.sum_rows)
     else:
         backend.call("projected_adam", param.device, *args, **hyper)

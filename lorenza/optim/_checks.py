@@ -57,8 +57,10 @@ def same_in_every_group(keys, group: dict, groups) -> None:
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` at which a warning raised by the caller points at the user's code: the
-    first frame outside lorenza and ``torch.optim`` (an optimizer's constructor runs through both)."""
+    first frame outside lorenza, ``torch.optim`` (an optimizer's constructor runs through both) and
+    the ``torch.no_grad`` wrapper of a step."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(("lorenza.", "torch.optim")):
+    inside = ("lorenza.", "torch.optim", "torch.utils._contextlib")
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(inside):
         frame, level = frame.f_back, level + 1
     return level

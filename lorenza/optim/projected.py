@@ -92,6 +92,17 @@ class ProjectedOptimizer(LorenzaOptimizer):
     def _refresh_offset(self, param, group: dict) -> int:
         return self._projected_index[id(param)] % group["update_gap"] if group["stagger"] else 0
 
+    def refresh_due(self, param, group: dict) -> bool:
+        """Whether the next step computes the parameter's basis from its gradient: a projected
+        parameter with a gradient-based projector, at a refresh step or with no basis yet."""
+        if not self.is_projected(param, group) or group["projector"] == "random":
+            return False
+        state = self.state.get(param, {})
+        if "basis" not in state:
+            return True
+        step = int(state["step"]) if "step" in state else 0
+        return proj.last_refresh(step, group["update_gap"], self._refresh_offset(param, group)) == step
+
     def projection(self, param, group, tensor_id, grad=None, *, this_step=None):
         """The parameter's :class:`~lorenza.projector.Projection`, or None when unprojected.
 
@@ -120,7 +131,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
         shard = self.folded_shard(param, side, c, tensor_id)
         if kind == "random":  # regenerated, never stored
             basis = proj.compute_basis(local(param), group["rank"], side, kind, seed, c, shard)
-        elif grad is not None and (refresh == step or "basis" not in state):
+        elif grad is not None and this_step and self.refresh_due(param, group):
             basis = proj.compute_basis(local(grad), group["rank"], side, kind, seed, c, shard)
         else:
             basis = local(state["basis"])

@@ -7,7 +7,7 @@ from .. import ops
 from ..distributed.shards import local, rows_of
 from ..projector import work_dtype
 from . import quantized_moments
-from .projected import ProjectedOptimizer
+from .per_layer import ACCUMULATOR, PerLayerOptimizer
 
 
 def adam_hyper(group: dict, t: int) -> dict:
@@ -18,23 +18,32 @@ def adam_hyper(group: dict, t: int) -> dict:
                 step_size=lr * math.sqrt(1 - beta2**t) / (1 - beta1**t), decay=lr * group["weight_decay"])
 
 
-class ProjectedAdam(ProjectedOptimizer):
+class ProjectedAdam(PerLayerOptimizer):
     """A projected optimizer whose update is Adam: in the subspace for projected parameters, plain for
-    the others."""
+    the others; ``per_layer=True`` projects in backward (``PerLayerOptimizer``)."""
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        if self.per_layer and group.get("residual", False):
+            raise ValueError("residual=True (Lorenza+) applies the part of the full gradient outside the "
+                             "subspace, which per-layer mode does not keep: use one or the other")
 
     def _update(self, entries) -> None:
-        """The Adam step of every ``(group, param, tensor_id)`` from its ``.grad``.
+        """The Adam step of every ``(group, param, tensor_id)`` from its ``.grad`` and/or its projected
+        accumulator (per-layer mode).
 
         Two phases, so that an error leaves weights and state untouched: first every check and
         every basis refresh (which can fail, e.g. an SVD of a NaN gradient), then the updates.
         Projected parameters go one by one through the subspace; the others are batched into
         multi-tensor calls per group and step count.
         """
+        self._drop_written_back()
         self.index_projected()
         projected, plain = [], []
-        for group, param, tensor_id in entries:
-            self.check_grad(param, param.grad, type(self).__name__)
-            projection = self.projection(param, group, tensor_id, grad=param.grad)
+        for group, param, tensor_id in self._finite_entries(entries):
+            if param.grad is not None:
+                self.check_grad(param, param.grad, type(self).__name__)
+            projection = self.projection(param, group, tensor_id, grad=param.grad, this_step=True)
             if projection is not None and projection.granularity > 1 and not local(param).is_contiguous():
                 raise ValueError(f"granularity > 1 needs contiguous parameters; one of shape "
                                  f"{tuple(param.shape)} is not (call .contiguous() on it)")
@@ -51,9 +60,13 @@ class ProjectedAdam(ProjectedOptimizer):
                 state["basis"] = self.placed_basis(param, projection)
             t = int(state["step"])
             exp_avg, exp_avg_sq = self._load_moments(param)
-            ops.projected_adam_(local(param), local(param.grad), local(exp_avg), local(exp_avg_sq),
+            if ACCUMULATOR in state:  # per-layer mode: the step's gradient is in the subspace already
+                gradient, given_projected = self.subspace_gradient(param, projection), True
+            else:
+                gradient, given_projected = local(param.grad), False
+            ops.projected_adam_(local(param), gradient, local(exp_avg), local(exp_avg_sq),
                                 projection, scale=group["scale"], residual=group.get("residual", False),
-                                **adam_hyper(group, t))
+                                projected=given_projected, **adam_hyper(group, t))
             self._store_moments(param, group, exp_avg, exp_avg_sq)
         batches = defaultdict(list)
         for group, param in plain:

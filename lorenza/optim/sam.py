@@ -9,13 +9,13 @@ from torch.utils.hooks import RemovableHandle
 from ..distributed import fsdp, mean_over_ranks, shards
 from . import _checks, two_point
 from .directions import ProbeDirection, one_hot, probe_keys
+from .per_layer import ACCUMULATOR
 from .projected_adam import ProjectedAdam
 from .two_point import BACKWARD_IN_CLOSURE
 
 
-def _grad_version(param):
-    """What changes when ``param.grad`` is set or written (a closure that called backward)."""
-    return None if param.grad is None else (id(param.grad), param.grad._version)
+def _version(tensor):
+    return None if tensor is None else (id(tensor), tensor._version)
 
 
 class ZerothOrderSAM(ProjectedAdam):
@@ -36,8 +36,8 @@ class ZerothOrderSAM(ProjectedAdam):
     counts k (saved in ``state_dict``) and advances even when an update is skipped.
     """
 
-    def __init__(self, params, defaults: dict, process_group=None):
-        super().__init__(params, dict(defaults, zo_step=0), process_group)
+    def __init__(self, params, defaults: dict, process_group=None, *, per_layer=False):
+        super().__init__(params, dict(defaults, zo_step=0), process_group, per_layer=per_layer)
         self._gradient_hooks = OrderedDict()
 
     def __setstate__(self, state) -> None:
@@ -107,8 +107,12 @@ class ZerothOrderSAM(ProjectedAdam):
     def _sam_gradient(self, closure, trainable, directions, ascent):
         """Move to ``W + e``, run forward and backward, move back; returns the loss there."""
         name = type(self).__name__
+        params = [param for _, param, _ in trainable]
+        # what a backward writes: .grad, and in per-layer mode the projected accumulators
+        previous = [(param.grad, self._take_accumulator(param)) for param in params]
 
-        previous_grads = [param.grad for _, param, _ in trainable]
+        def versions():
+            return [(_version(p.grad), _version(self.state.get(p, {}).get(ACCUMULATOR))) for p in params]
 
         def move_back():
             if ascent is not None:
@@ -116,19 +120,22 @@ class ZerothOrderSAM(ProjectedAdam):
 
         def undo():
             move_back()
-            for (_, param, _), grad in zip(trainable, previous_grads):
+            for param, (grad, accumulated) in zip(params, previous):
                 param.grad = grad
+                self._take_accumulator(param)
+                if accumulated is not None:
+                    self.state[param][ACCUMULATOR] = accumulated
 
-        for _, param, _ in trainable:
+        for param in params:
             param.grad = None
         if ascent is not None:
             self._move(directions, ascent)
         total = None
         with torch.enable_grad():
             for part in two_point.parts(closure):  # micro-batches: one graph alive at a time
-                before = [_grad_version(param) for _, param, _ in trainable]
+                before = versions()
                 loss = two_point.evaluate_one(part, undo, name)
-                if [_grad_version(param) for _, param, _ in trainable] != before:
+                if versions() != before:
                     undo()
                     raise ValueError(BACKWARD_IN_CLOSURE.format(name=name))
                 if not loss.requires_grad:
@@ -143,6 +150,10 @@ class ZerothOrderSAM(ProjectedAdam):
                 total = loss.detach() if total is None else total + loss.detach()
             move_back()
         return total
+
+    def _take_accumulator(self, param):
+        """Remove and return the parameter's projected accumulator (per-layer mode), or None."""
+        return self.state[param].pop(ACCUMULATOR, None) if param in self.state else None
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -179,5 +190,5 @@ class ZerothOrderSAM(ProjectedAdam):
             return sam_loss if loss is None else loss
         for hook in self._gradient_hooks.values():
             hook(self)
-        self._update([(g, p, i) for g, p, i in trainable if p.grad is not None])
+        self._update([(g, p, i) for g, p, i in trainable if self._pending(p)])
         return sam_loss if loss is None else loss

@@ -31,9 +31,10 @@ def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
 
 
 def projected_adam_(param, grad, M, V, basis, side, lift_scale, *, scale, residual, beta1, beta2, eps,
-                    step_size, decay, sum_rows=None):
+                    step_size, decay, projected=False, sum_rows=None):
     """Moments in the subspace; the lifted step is written into ``param`` in place. ``param`` and
-    ``grad`` are the folded views (see ``subspace.py``).
+    ``grad`` are the folded views (see ``subspace.py``); ``projected=True``: ``grad`` is already the
+    subspace gradient ``R`` (summed over the rows' shards), as per-layer mode accumulates it.
 
     ``residual`` (Lorenza+) also applies the discarded part ``G - lift(R)`` scaled by
     ``||N|| / ||R||``.
@@ -42,9 +43,14 @@ def projected_adam_(param, grad, M, V, basis, side, lift_scale, *, scale, residu
     processes (this call sees one block of them): the left-side projection and, on the right side
     where ``R`` and ``N`` hold the block's rows, their squared norms.
     """
-    R = subspace.project(grad, basis, side)
-    if sum_rows is not None and side == "left":
-        R = sum_rows(R)
+    if projected:
+        if residual:
+            raise ValueError("the residual needs the full gradient, not its projection")
+        R = grad.to(M.dtype)
+    else:
+        R = subspace.project(grad, basis, side)
+        if sum_rows is not None and side == "left":
+            R = sum_rows(R)
     _moments_(M, V, R, beta1, beta2)
     N = _normalized(M, V, eps)
     alpha = step_size * scale
