@@ -138,7 +138,8 @@ APART = {"LowRankAdamW": 4e-5, "ProjFactor": 4e-6, "Lorenza": 4e-4, "MeZO": 2e-3
 
 def optimizer_id(optimizer) -> str:
     cls, kwargs = optimizer
-    return cls.__name__ + ("-M" if kwargs.get("momentum") else "") + ("-per-layer" if kwargs.get("per_layer") else "")
+    suffix = ("-M" if kwargs.get("momentum") else "") + ("-per-layer" if kwargs.get("per_layer") else "")
+    return cls.__name__ + suffix
 
 
 @pytest.mark.parametrize("optimizer", [LOW_RANK, (lorenza.LowRankAdamW, {"rank": 8, "per_layer": True}),
@@ -186,7 +187,8 @@ def test_lorenza_accumulating_4_micro_batches_holds_one_micro_batchs_activations
 
 
 @pytest.mark.parametrize("optimizer", [(lorenza.LowRankAdamW, {"rank": 8, "update_gap": 2}),
-                                       (lorenza.LowRankAdamW, {"rank": 8, "update_gap": 2, "per_layer": True}),
+                                       (lorenza.LowRankAdamW, {"rank": 8, "update_gap": 2,
+                                                               "per_layer": True}),
                                        (lorenza.Lorenza, {"rank": 8, "update_gap": 2}),
                                        (lorenza.AdaZoSAM, {}),
                                        (lorenza.ProjFactor, {"rank": 4, "update_gap": 2, "per_layer": True}),
