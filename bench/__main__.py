@@ -2,8 +2,9 @@
 
 Runs the rSVD, optimizer-step, ProjFactor, zeroth-order, FSDP2 and zeroth-order data-parallel (gloo
 processes on the CPU) and (on CUDA) Triton-kernel benchmarks, each figure beside its baseline
-measured in the same run, and compiles the Triton kernels for sm_80 and sm_90 (registers, spills,
-shared memory, compile time; no GPU needed); prints the
+measured in the same run, compiles the Triton kernels for sm_80 and sm_90 (registers, spills,
+shared memory, compile time; no GPU needed), and counts the whole-step memory of every optimizer on
+LLaMA shapes (``step_memory.py``, its picture in ``DIR/step_memory-<date>.png``); prints the
 tables, then writes them with the machine, versions and date to ``DIR/<machine>-<date>.json`` and
 ``.csv``, and plots (time vs shape, memory per optimizer) to ``.png``. ``DIR`` is ``runs/bench``
 (ignored by git) unless ``--out`` says otherwise.
@@ -20,7 +21,7 @@ import torch
 
 import lorenza
 
-from . import (fsdp, gpu_compile, kernels, optim_step, plots, projfactor, rsvd, zeroth_order,
+from . import (fsdp, gpu_compile, kernels, optim_step, plots, projfactor, rsvd, step_memory, zeroth_order,
                zeroth_order_scaling)
 from .helpers import LLAMA, TABLES
 
@@ -39,6 +40,8 @@ def sections(args) -> dict:
                                                                      per_rank=2, steps=2),
             "Triton kernels": lambda: kernels.run(args.device, shapes=kernels.QUICK_SHAPES, rank=32),
             "GPU compile": lambda: gpu_compile.run(variants="cover", targets="sm_90"),
+            "whole-step memory": lambda: step_memory_plot(step_memory.run(models=("quick",), measured=()),
+                                                          args),
         }
     return {
         "rsvd": rsvd.run,
@@ -49,7 +52,16 @@ def sections(args) -> dict:
         "zeroth-order scaling": zeroth_order_scaling.run,
         "Triton kernels": lambda: kernels.run(args.device),
         "GPU compile": gpu_compile.run,
+        "whole-step memory": lambda: step_memory_plot(step_memory.run(), args),
     }
+
+
+def step_memory_plot(results: dict, args) -> None:
+    """The whole-step memory table's picture, ``DIR/step_memory-<date>.png``."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"step_memory-{datetime.date.today()}.png"
+    if step_memory.plot(results, path, f"counted on the meta device, {datetime.date.today()}"):
+        print(f"wrote {path}")
 
 
 def machine(device: str) -> dict:

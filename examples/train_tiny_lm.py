@@ -103,16 +103,33 @@ def lm_loss(model, x, y):
 LEARNING_RATES = {"AdamW": 3e-3, "LowRankAdamW": 5e-3, "Lorenza": 5e-3, "ProjFactor": 3e-3}
 
 
+# Forms of the lorenza optimizers, as suffixes of a name, in this order: "LowRankAdamW-8bit-per-layer".
+FORMS = {"-per-layer": dict(per_layer=True), "-8bit": dict(state_bits=8)}
+
+
+def optimizer_form(given: str):
+    """``(base name, keywords)`` of an optimizer name with its form suffixes."""
+    name, kwargs = given, {}
+    for suffix, keywords in FORMS.items():
+        if name.endswith(suffix):
+            name, kwargs = name[:-len(suffix)], {**kwargs, **keywords}
+    if name not in LEARNING_RATES or (kwargs and name == "AdamW"):
+        raise SystemExit(f"unknown optimizer {given!r}: one of {', '.join(LEARNING_RATES)}; all but AdamW "
+                         f"may end in -8bit, -per-layer or -8bit-per-layer")
+    return name, kwargs
+
+
 def make_optimizer(name, model, args):
+    name, forms = optimizer_form(name)
     groups = lorenza.param_groups(model, rank=args.rank, update_gap=args.update_gap, scale=args.scale)
     lr = args.lr or LEARNING_RATES[name]
     if name == "AdamW":
         return torch.optim.AdamW(model.parameters(), lr=lr, eps=1e-6, weight_decay=0.0)  # as ours
     if name == "LowRankAdamW":
-        return lorenza.LowRankAdamW(groups, lr=lr, seed=0)
+        return lorenza.LowRankAdamW(groups, lr=lr, seed=0, **forms)
     if name == "ProjFactor":
-        return lorenza.ProjFactor(groups, lr=lr, granularity=args.granularity, seed=0)
-    return lorenza.Lorenza(groups, lr=lr, rho=args.rho, seed=0)
+        return lorenza.ProjFactor(groups, lr=lr, granularity=args.granularity, seed=0, **forms)
+    return lorenza.Lorenza(groups, lr=lr, rho=args.rho, seed=0, **forms)
 
 
 def validation_loss(model, val_data, args) -> float:
@@ -230,7 +247,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--granularity", type=int, default=1, help="ProjFactor's projection granularity")
     parser.add_argument("--text", type=pathlib.Path, help="train on this file instead of the stdlib source")
-    parser.add_argument("--optimizers", default="AdamW,LowRankAdamW,Lorenza,ProjFactor")
+    parser.add_argument("--optimizers", default="AdamW,LowRankAdamW,Lorenza,ProjFactor",
+                        help="comma-separated; a lorenza optimizer's name may end in -8bit (state_bits=8), "
+                             "-per-layer (per_layer=True) or both, as LowRankAdamW-8bit-per-layer")
     parser.add_argument("--val-batches", type=int, default=8)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/main_job"))
     return parser
@@ -252,6 +271,8 @@ def main(argv=None):
           f"{args.config} LLaMA-style, {n_params / 1e6:.2f}M params, on {args.device}; {args.steps} steps, "
           f"batch {args.batch} x {args.context}, rank {args.rank}")
     names = args.optimizers.split(",")
+    for name in names:  # every name checked before the first run
+        optimizer_form(name)
     progress = progress_bar(args.steps * len(names))
     results = {}
     for name in names:
@@ -259,10 +280,11 @@ def main(argv=None):
     if progress is not None:
         progress.close()
     adamw = results.get("AdamW")
-    print(f"{'optimizer':<14}{'train loss':>11}{'val loss':>10}{'ms/step':>9}{'state bytes':>13}"
+    width = max(14, 2 + max(map(len, results)))
+    print(f"{'optimizer':<{width}}{'train loss':>11}{'val loss':>10}{'ms/step':>9}{'state bytes':>13}"
           + ("  state / AdamW" if adamw else ""))
     for name, r in results.items():
-        print(f"{name:<14}{r['train']:>11.3f}{r['val']:>10.3f}{r['ms']:>9.1f}{r['state']:>13,}"
+        print(f"{name:<{width}}{r['train']:>11.3f}{r['val']:>10.3f}{r['ms']:>9.1f}{r['state']:>13,}"
               + (f"{r['state'] / adamw['state']:>15.0%}" if adamw else ""))
     for path in write_outputs(results, args):
         print(f"wrote {path}")

@@ -56,11 +56,12 @@ def test_python_m_bench_quick_writes_the_report(tmp_path, capsys):
     main(["--quick", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     written = sorted(p.suffix for p in tmp_path.iterdir())
-    assert written == [".csv", ".json", ".png"], written
+    assert written == [".csv", ".json", ".png", ".png"], written
+    assert len(list(tmp_path.glob("step_memory-*.png"))) == 1
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert {"machine", "torch", "triton", "date", "device"} <= set(report["machine"])
     titles = [t["title"] for t in report["tables"]]
-    for prefix in ("rsvd", "optimizer step", "ProjFactor step", "zeroth-order step"):
+    for prefix in ("rsvd", "optimizer step", "ProjFactor step", "zeroth-order step", "Whole-step memory"):
         assert any(title.startswith(prefix) for title in titles), titles
     step = next(t for t in report["tables"] if t["title"].startswith("optimizer step"))
     assert {"median step ms", "GB/s (floor bytes)", "% of copy", "state MiB", "step peak extra MiB",

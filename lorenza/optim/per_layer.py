@@ -184,13 +184,18 @@ class PerLayerOptimizer(ProjectedOptimizer):
         flags = []
         for _, param, _ in entries:
             parts = [t for t in (param.grad, self.state.get(param, {}).get(ACCUMULATOR)) if t is not None]
-            flags.append(torch.stack([torch.isfinite(local(t)).all() for t in parts]).all())
-        bad = (~torch.stack(flags)).to(torch.float32)
+            # a float32 sum is NaN or Inf exactly when an element is (short of overflowing 3e38),
+            # and allocates nothing the size of the tensor
+            sums = torch.stack([local(t).sum(dtype=torch.float32) for t in parts])
+            flags.append(torch.isfinite(sums).all())
+        finite = torch.stack(flags).to(torch.float32)
         if any(row_shard(param) is not None for _, param, _ in entries):  # a shard's NaN: every rank skips
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX, group=self.process_group)
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN, group=self.process_group)
+        if bool(finite.all()):  # the one synchronisation of the usual step
+            return list(entries)
         kept = []
-        for entry, skip in zip(entries, bad.tolist()):
-            if skip:
+        for entry, is_finite in zip(entries, finite.tolist()):
+            if not is_finite:
                 _, param, tensor_id = entry
                 warnings.warn(f"{type(self).__name__}: non-finite gradient of parameter {tensor_id} (shape "
                               f"{tuple(param.shape)}); its update is skipped this step", RuntimeWarning,

@@ -74,14 +74,31 @@ class ProjectedAdam(PerLayerOptimizer):
             batches[(id(group), int(state["step"]))].append((group, param))
         for (_, t), members in batches.items():
             group, params = members[0][0], [p for _, p in members]
-            # 8-bit moments one parameter at a time: one parameter's float moments exist at once
-            for calls in ([[p] for p in params] if group["state_bits"] == 8 else [params]):
-                moments = [self._load_moments(p) for p in calls]
-                ops.adam_([local(p) for p in calls], [local(p.grad) for p in calls],
-                          [local(m) for m, _ in moments], [local(v) for _, v in moments],
-                          **adam_hyper(group, t))
-                for p, (exp_avg, exp_avg_sq) in zip(calls, moments):
-                    self._store_moments(p, group, exp_avg, exp_avg_sq)
+            if group["state_bits"] == 8:
+                self._adam_8bit(params, adam_hyper(group, t))
+                continue
+            moments = [self._load_moments(p) for p in params]
+            ops.adam_([local(p) for p in params], [local(p.grad) for p in params],
+                      [local(m) for m, _ in moments], [local(v) for _, v in moments], **adam_hyper(group, t))
+            for p, (exp_avg, exp_avg_sq) in zip(params, moments):
+                self._store_moments(p, group, exp_avg, exp_avg_sq)
+
+    def _adam_8bit(self, params, hyper) -> None:
+        """Adam on unprojected parameters whose moments are 8-bit, one parameter at a time, and a
+        large one a chunk of its moments at a time (``quantized_moments.updated_in_chunks``)."""
+        keys = ("exp_avg", "exp_avg_sq")
+        for param in params:
+            state, weight, grad = self.state[param], local(param), local(param.grad)
+            chunked = (quantized_moments.all_quantized(state, keys) and weight.is_contiguous()
+                       and grad.is_contiguous() and grad.shape == weight.shape)
+            if not chunked:  # small moments (float32), or stored in the other form (converted now)
+                exp_avg, exp_avg_sq = self._load_moments(param)
+                ops.adam_([weight], [grad], [local(exp_avg)], [local(exp_avg_sq)], **hyper)
+                self._store_moments(param, {"state_bits": 8}, exp_avg, exp_avg_sq)
+                continue
+            for part, (exp_avg, exp_avg_sq) in quantized_moments.updated_in_chunks(state, keys,
+                                                                                   work_dtype(param.dtype)):
+                ops.adam_([weight.view(-1)[part]], [grad.view(-1)[part]], [exp_avg], [exp_avg_sq], **hyper)
 
     def _load_moments(self, param):
         """``(exp_avg, exp_avg_sq)`` as floats to update (the state's own tensors unless 8-bit)."""

@@ -11,6 +11,7 @@ import torch
 
 from ..ops import quantize
 
+CHUNK = 1 << 18  # elements of a moment dequantized at a time (whole blocks): bounds the float copies
 MIN_NUMEL = 4096  # below this the codes and maxima would save little: bitsandbytes' and torchao's limit
 SIGNED = {"exp_avg": True, "exp_avg_sq": False}  # the second moment's map has no negative values
 STATE_BITS = (32, 8)
@@ -50,3 +51,25 @@ def store_(state: dict, key: str, values: torch.Tensor, bits: int) -> None:
     elif state[key] is not values:  # was stored in 8 bits: floats from now on
         state[key] = values
         state.pop(absmax_key(key), None)
+
+
+def all_quantized(state: dict, keys) -> bool:
+    return all(state[key].dtype == torch.uint8 for key in keys)
+
+
+def updated_in_chunks(state: dict, keys, dtype):
+    """Yield ``(part, values)`` over consecutive slices ``part`` of the flattened 8-bit moments
+    ``keys`` (``CHUNK`` elements, whole blocks): ``values`` are their floats, which the caller
+    updates in place and which are stored back quantized when it asks for the next part. A step
+    then holds one chunk of float moments at a time, never a whole moment."""
+    numel = state[keys[0]].numel()
+    for start in range(0, numel, CHUNK):
+        part = slice(start, min(numel, start + CHUNK))
+        block_part = slice(quantize.blocks(part.start), quantize.blocks(part.stop))
+        codes = [state[key].view(-1)[part] for key in keys]
+        values = [quantize.dequantize8(c, state[absmax_key(key)][block_part], SIGNED[key], dtype)
+                  for c, key in zip(codes, keys)]
+        yield part, values
+        for c, v, key in zip(codes, values, keys):
+            quantize.quantize8_(c, state[absmax_key(key)][block_part], v, SIGNED[key])
+

@@ -23,8 +23,19 @@ def decay_(param, decay):
         param.add_(param, alpha=-decay)
 
 
+CHUNK = 1 << 20  # elements of a large tensor updated at a time: bounds the float temporaries
+
+
 def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
-    """Unprojected: ``M, V`` shaped like ``param``."""
+    """Unprojected: ``M, V`` shaped like ``param``. A large tensor laid out flat is updated a chunk
+    at a time (elementwise, so the result is the same), its temporaries a chunk's size."""
+    tensors = (param, grad, M, V)
+    if param.numel() > CHUNK and all(t.is_contiguous() and t.shape == param.shape for t in tensors):
+        flat = [t.view(-1) for t in tensors]
+        for start in range(0, param.numel(), CHUNK):
+            adam_(*(t[start:start + CHUNK] for t in flat), beta1=beta1, beta2=beta2, eps=eps,
+                  step_size=step_size, decay=decay)
+        return
     _moments_(M, V, grad.to(M.dtype), beta1, beta2)
     param.add_(_normalized(M, V, eps), alpha=-step_size)
     decay_(param, decay)

@@ -13,7 +13,7 @@ import functools
 import torch
 
 BLOCK = 256
-CHUNK_BLOCKS = 4096  # blocks quantized at a time: bounds the temporaries (float32 and int64 indices)
+CHUNK_BLOCKS = 1024  # blocks quantized at a time: bounds the temporaries (float32 and int64 indices)
 
 
 @functools.lru_cache(maxsize=None)

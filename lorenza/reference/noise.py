@@ -27,7 +27,7 @@ def chunks(numel: int, coeffs, keys, device=None, fill=philox.normal_, first: in
     size = max(1, min(numel, philox.CHUNK))
     acc = torch.empty(size, dtype=torch.float32, device=device)
     tmp = torch.empty(size, dtype=torch.float32, device=device) if len(keys) > 1 else None
-    for start in range(0, numel, size):
+    for start in philox.standing_for_all(range(0, numel, size), acc.device):
         count = min(size, numel - start)
         out = fill(acc[:count], keys[0], first + start).mul_(coeffs[0])
         for coeff, key in zip(coeffs[1:], keys[1:]):

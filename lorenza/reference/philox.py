@@ -69,8 +69,7 @@ def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
     """Fill a contiguous float32 tensor with elements ``start .. start + numel`` of stream ``key``."""
     flat = out.view(-1)
     numel = flat.numel()
-    pos = 0
-    while pos < numel:
+    for pos in standing_for_all(range(0, numel, CHUNK), out.device):
         first = start + pos
         count = min(CHUNK, numel - pos)
         c_begin, c_end = first // 4, (first + count - 1) // 4 + 1
@@ -78,5 +77,13 @@ def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
         values = randn4x(key, counter).view(-1)
         lane = first - 4 * c_begin
         flat[pos:pos + count] = values[lane:lane + count]
-        pos += count
     return out
+
+
+def standing_for_all(starts: range, device) -> range:
+    """The chunk starts to run: all of them, but on the meta device, which has no values to compute,
+    the first and the last, since the chunks between allocate exactly as the first does (same size,
+    same alignment): what a count of live bytes there sees is the same, in far less time."""
+    if torch.device(device).type != "meta" or len(starts) <= 2:
+        return starts
+    return [starts[0], starts[-1]]
