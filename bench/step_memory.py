@@ -281,7 +281,7 @@ def plot(results: dict, path, subtitle: str) -> bool:
         ax.invert_yaxis()
         ax.set(title=f"LLaMA-{model.upper()}, rank {RANKS[model]}", xlabel="GiB at the step's peak")
     axes[0][0].legend(loc="lower right")
-    fig.suptitle(f"Whole training step at bf16 weights, activations not included ({subtitle})")
+    fig.suptitle(f"Whole training step at bf16 weights, activations not included\n{subtitle}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
