@@ -163,6 +163,10 @@ def _projected_paths(W, ranks):
             M, V = torch.empty(moments), torch.empty(moments)
             projected_adam.projected_adam_(W, W, M, V, basis, side, 1.0, scale=0.25, residual=residual,
                                            beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3, decay=0.0)
+        # per-layer mode: the gradient arrives projected already
+        projected_adam.projected_adam_(W, torch.empty(moments), M, V, basis, side, 1.0, scale=0.25,
+                                       residual=False, projected=True, beta1=0.9, beta2=0.999, eps=1e-8,
+                                       step_size=1e-3, decay=0.0)
         for streams in range(1, MAX_STREAMS + 1):  # Lorenza's probes and ascent
             perturb.subspace_add_(W, basis, side, 1.0, [1.0] * streams, _keys(streams))
         perturb.low_rank_add_(W, 1.0, 1.0, rank, key_v, key_u=key_u)  # LOZO
