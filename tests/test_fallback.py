@@ -16,7 +16,8 @@ from triton.runtime.errors import OutOfResources
 
 from lorenza import LowRankAdamW, ops
 from lorenza import projector as proj
-from lorenza.ops import backend, fallback
+from lorenza.ops import backend, fallback, quantize
+from lorenza.ops.quantize import Blockwise8
 
 pytestmark = requires_triton
 WHERE = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (Triton interpreter)"
@@ -243,11 +244,30 @@ def _case(op):
         return ([randn(24, 40), randn(4, 40), randn(4, 40).abs()],
                 lambda t: ops.projected_adam_(t[0], grad, t[1], t[2], projection, scale=0.25, residual=True,
                                               **HYPER))
-    assert op == "adam"
-    shapes = [(7,), (5, 3)]
+    if op == "projected_adam8":
+        grad = randn(24, 40)
+        return ([randn(24, 40), *codes8(randn(4, 40), True), *codes8(randn(4, 40).abs(), False)],
+                lambda t: ops.projected_adam_(t[0], grad, Blockwise8(*t[1:3]), Blockwise8(*t[3:]), projection,
+                                              scale=0.25, residual=True, **HYPER))
+    shapes = [(7,), (5, 3)] if op == "adam" else [(7,), (300, 3)]
     grads = [randn(*s) for s in shapes]
+    if op == "adam8":  # each parameter, then its moments' codes and maxima
+        tensors = [randn(*s) for s in shapes]
+        for s in shapes:
+            tensors += [*codes8(randn(*s), True), *codes8(randn(*s).abs(), False)]
+        return tensors, lambda t: ops.adam_(t[:2], grads, [Blockwise8(*t[2:4]), Blockwise8(*t[6:8])],
+                                            [Blockwise8(*t[4:6]), Blockwise8(*t[8:10])], **HYPER)
+    assert op == "adam"
     tensors = [randn(*s) for s in shapes] + [randn(*s) for s in shapes] + [randn(*s).abs() for s in shapes]
     return tensors, lambda t: ops.adam_(t[:2], grads, t[2:4], t[4:], **HYPER)
+
+
+def codes8(values, signed) -> list:
+    """``[codes, absmax]`` of ``values`` in blockwise 8 bits."""
+    codes = torch.empty(values.shape, dtype=torch.uint8, device=values.device)
+    absmax = torch.empty(quantize.blocks(values.numel()), device=values.device)
+    quantize.quantize8_(codes, absmax, values, signed)
+    return [codes, absmax]
 
 
 @pytest.mark.parametrize("op", [op for op, impls in backend.OPS.items() if backend.TRITON in impls])

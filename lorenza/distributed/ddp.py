@@ -1,7 +1,8 @@
 """DDP and the weights an optimizer reduces itself (docs/distributed.md).
 
-``ProjFactor(per_layer=True)`` projects each gradient in backward, averages the ``m x r``
-projection over the ranks and frees the ``m x n`` gradient. DDP, which buckets every parameter when
+An optimizer in per-layer mode (``LowRankAdamW``, ``Lorenza`` or ``ProjFactor`` with
+``per_layer=True``) projects each gradient in backward, averages the ``m x r`` projection over the
+ranks and frees the ``m x n`` gradient. DDP, which buckets every parameter when
 it wraps a model, would still hold bucket memory for those weights and all-reduce their (then
 empty) gradients. Called before wrapping, :func:`keep_out_of_ddp` tells DDP to leave them out: only
 the projections cross the network for them, and no full gradient of theirs is kept.

@@ -23,7 +23,7 @@ from .rank_update import rank_update_
 
 
 @triton.jit
-def _adam_moments(r, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, COMPUTE: tl.constexpr):
+def adam_moments(r, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, COMPUTE: tl.constexpr):
     """The moments and ``N = M / (sqrt(V) + eps)``; the scalars arrive as doubles (host-computed
     ``1 - beta``) and are rounded once, and fp32 takes the IEEE-rounded sqrt and division, as PyTorch."""
     m = tl.cast(beta1, COMPUTE) * m + tl.cast(one_minus_beta1, COMPUTE) * r
@@ -39,8 +39,8 @@ def _adam_moments(r, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, 
 def _project_adam_kernel(a_ptr, sa0, sa1, b_ptr, sb0, sb1, m_ptr, v_ptr, n_ptr, r_ptr, n_rows, n_cols, K,
                          beta1: tl.float64, one_minus_beta1: tl.float64, beta2: tl.float64,
                          one_minus_beta2: tl.float64, eps: tl.float64, STORE_R: tl.constexpr,
-                         COMPUTE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                         ADAM: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok, col_ok = rows < n_rows, cols < n_cols
@@ -55,16 +55,17 @@ def _project_adam_kernel(a_ptr, sa0, sa1, b_ptr, sb0, sb1, m_ptr, v_ptr, n_ptr, 
         acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=COMPUTE)
     mask = row_ok[:, None] & col_ok[None, :]
     offs = rows[:, None] * n_cols + cols[None, :]  # moments, N and R are contiguous
-    m, v, n = _adam_moments(acc, tl.load(m_ptr + offs, mask=mask), tl.load(v_ptr + offs, mask=mask),
-                            beta1, one_minus_beta1, beta2, one_minus_beta2, eps, COMPUTE)
-    tl.store(m_ptr + offs, m, mask=mask)
-    tl.store(v_ptr + offs, v, mask=mask)
-    tl.store(n_ptr + offs, n, mask=mask)
+    if ADAM:
+        m, v, n = adam_moments(acc, tl.load(m_ptr + offs, mask=mask), tl.load(v_ptr + offs, mask=mask),
+                                beta1, one_minus_beta1, beta2, one_minus_beta2, eps, COMPUTE)
+        tl.store(m_ptr + offs, m, mask=mask)
+        tl.store(v_ptr + offs, v, mask=mask)
+        tl.store(n_ptr + offs, n, mask=mask)
     if STORE_R:
         tl.store(r_ptr + offs, acc, mask=mask)
 
 
-def _betas(beta1, beta2) -> tuple:
+def betas(beta1, beta2) -> tuple:
     """``beta1, 1 - beta1, beta2, 1 - beta2`` in double precision (the kernels round them once)."""
     return float(beta1), 1.0 - float(beta1), float(beta2), 1.0 - float(beta2)
 
@@ -75,6 +76,19 @@ def _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R: bool):
         raise ValueError("the projected Adam kernel needs contiguous moments")
     N = torch.empty_like(M)
     R = torch.empty_like(M) if store_R else N
+    _launch_projection(G, basis, side, M, V, N, R, betas=betas(beta1, beta2), eps=eps, store_R=store_R)
+    return N, (R if store_R else None)
+
+
+def project(G, basis, side, shape, dtype):
+    """``R``, the projection of ``G`` (``shape``, the subspace's, in ``dtype``), alone: the first
+    stage of the 8-bit step (``adam8.py``)."""
+    R = torch.empty(shape, dtype=dtype, device=G.device)
+    _launch_projection(G, basis, side, R, R, R, R, betas=betas(0.0, 0.0), eps=0.0, store_R=True, adam=False)
+    return R
+
+
+def _launch_projection(G, basis, side, M, V, N, R, *, betas, eps, store_R, adam=True):
     if side == "right":  # R = G P^T: G (rows x K), P^T (K x r)
         A, B = G, basis.T
     else:  # R = P^T G: P^T (r x K), G (K x cols)
@@ -84,11 +98,10 @@ def _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R: bool):
     compute = launch.compute_dtype(M.dtype)
     _project_adam_kernel[(triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))](
         A, A.stride(0), A.stride(1), B, B.stride(0), B.stride(1), M, V, N, R, rows, cols, A.shape[1],
-        *_betas(beta1, beta2), float(eps), STORE_R=store_R, COMPUTE=compute,
+        *betas, float(eps), STORE_R=store_R, ADAM=adam, COMPUTE=compute,
         PRECISION="ieee" if compute == tl.float64 else launch.dot_precision(),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=launch.inner_block(A.shape[1]),
         num_warps=launch.tile_warps(block_m, block_n))
-    return N, (R if store_R else None)
 
 
 @triton.jit
@@ -97,7 +110,7 @@ def _subspace_adam_kernel(r_ptr, m_ptr, v_ptr, n_ptr, numel, beta1: tl.float64, 
                           COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    m, v, n = _adam_moments(tl.load(r_ptr + offs, mask=mask).to(COMPUTE), tl.load(m_ptr + offs, mask=mask),
+    m, v, n = adam_moments(tl.load(r_ptr + offs, mask=mask).to(COMPUTE), tl.load(m_ptr + offs, mask=mask),
                             tl.load(v_ptr + offs, mask=mask), beta1, one_minus_beta1, beta2, one_minus_beta2,
                             eps, COMPUTE)
     tl.store(m_ptr + offs, m, mask=mask)
@@ -112,7 +125,7 @@ def _subspace_adam(R, M, V, beta1, beta2, eps):
     N = torch.empty_like(M)
     block = launch.elementwise_block(M.numel())
     _subspace_adam_kernel[(triton.cdiv(M.numel(), block),)](
-        R, M, V, N, M.numel(), *_betas(beta1, beta2), float(eps), COMPUTE=launch.compute_dtype(M.dtype),
+        R, M, V, N, M.numel(), *betas(beta1, beta2), float(eps), COMPUTE=launch.compute_dtype(M.dtype),
         BLOCK=block)
     return N
 
@@ -129,6 +142,13 @@ def projected_adam_(W, G, M, V, basis, side, lift_scale, *, scale, residual, bet
         N, R = _subspace_adam(G, M, V, beta1, beta2, eps), None
     else:
         N, R = _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R=residual)
+    lift_step_(W, G, N, R, basis, side, lift_scale, scale=scale, residual=residual, step_size=step_size,
+               decay=decay)
+
+
+def lift_step_(W, G, N, R, basis, side, lift_scale, *, scale, residual, step_size, decay) -> None:
+    """``W = (1 - decay) (W - step * scale * lift(N))`` in place, with Lorenza+'s residual term
+    (which needs ``R`` and ``G``) when asked; ``N`` may be overwritten."""
     alpha, keep = step_size * scale, 1.0 - decay
     grad_coef = 0.0
     if residual:  # W -= alpha (lift(N) + phi (G - lift(R))) = alpha (lift(N - phi R) + phi G)
@@ -156,7 +176,7 @@ def _multi_adam_kernel(table_ptr, blocks_ptr, beta1: tl.float64, one_minus_beta1
     v_ptr = tl.load(row + 3).to(tl.pointer_type(M_DTYPE))
     mask = offs < tl.load(row + 4)
     g = tl.load(g_ptr + offs, mask=mask).to(COMPUTE)
-    m, v, n = _adam_moments(g, tl.load(m_ptr + offs, mask=mask).to(COMPUTE),
+    m, v, n = adam_moments(g, tl.load(m_ptr + offs, mask=mask).to(COMPUTE),
                             tl.load(v_ptr + offs, mask=mask).to(COMPUTE), beta1, one_minus_beta1, beta2,
                             one_minus_beta2, eps, COMPUTE)
     p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
@@ -174,11 +194,12 @@ class _LaunchTables:
         self.capacity, self.tables = capacity, OrderedDict()
 
     def get(self, members, block: int, device):
-        rows = tuple((p.data_ptr(), g.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel())
-                     for p, g, m, v in members)
+        """``(table, block_map)``: a row per member (its tensors' addresses, then the first one's
+        element count) and a ``(member, first element)`` row per program of ``block`` elements."""
+        rows = tuple(tuple(t.data_ptr() for t in member) + (member[0].numel(),) for member in members)
         key = (rows, block, str(device))
         if key not in self.tables:
-            blocks = [(t, start) for t, row in enumerate(rows) for start in range(0, row[4], block)]
+            blocks = [(t, start) for t, row in enumerate(rows) for start in range(0, row[-1], block)]
             pin = device.type == "cuda"
             table = torch.tensor(rows, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=pin)
             block_map = torch.tensor(blocks, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=pin)
@@ -189,7 +210,7 @@ class _LaunchTables:
         return self.tables[key]
 
 
-_TABLES = _LaunchTables()
+TABLES = _LaunchTables()
 
 
 def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, decay) -> None:
@@ -210,9 +231,9 @@ def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, de
             groups[(p.device, p.dtype, g.dtype, m.dtype)].append((p, g, m, v))
     for (device, p_dtype, g_dtype, m_dtype), members in groups.items():
         block = launch.elementwise_block(max(p.numel() for p, *_ in members))
-        table, block_map = _TABLES.get(members, block, device)
+        table, block_map = TABLES.get(members, block, device)
         _multi_adam_kernel[(block_map.shape[0],)](
-            table, block_map, *_betas(beta1, beta2), float(eps), float(step_size), 1.0 - decay,
+            table, block_map, *betas(beta1, beta2), float(eps), float(step_size), 1.0 - decay,
             P_DTYPE=launch.TL_DTYPES[p_dtype], G_DTYPE=launch.TL_DTYPES[g_dtype],
             M_DTYPE=launch.TL_DTYPES[m_dtype],
             COMPUTE=launch.compute_dtype(p_dtype), BLOCK=block)

@@ -51,6 +51,9 @@ OPS = {
                        TORCH: "lorenza.reference.adam:projected_adam_"},
     "adam": {TRITON: "lorenza.kernels.projected_adam:adam_",
              TORCH: "lorenza.reference.multi_tensor_adam:adam_"},
+    "projected_adam8": {TRITON: "lorenza.kernels.adam8:projected_adam8_",
+                        TORCH: "lorenza.reference.adam8:projected_adam8_"},
+    "adam8": {TRITON: "lorenza.kernels.adam8:adam8_", TORCH: "lorenza.reference.adam8:adam8_"},
     "quantize8": {TORCH: "lorenza.reference.blockwise8:quantize_"},
     "dequantize8": {TORCH: "lorenza.reference.blockwise8:dequantize"},
 }
@@ -59,7 +62,9 @@ OPS = {
 # tensors), which fallback.py saves before a Triton kernel first runs for a configuration. The
 # noise op only fills its output, which the PyTorch fallback fills again: nothing to save.
 WRITES = {"rsvd": (), "noise": (), "gaussian_add": (0,), "low_rank_add": (0,), "subspace_add": (0,),
-          "projected_adam": (0, 2, 3), "adam": (0, 2, 3), "quantize8": (0, 1), "dequantize8": ()}
+          "projected_adam": (0, 2, 3), "adam": (0, 2, 3),
+          "projected_adam8": (0, 2, 3, 4, 5), "adam8": (0, 2, 3, 4, 5), "quantize8": (0, 1),
+          "dequantize8": ()}
 
 
 class BackendUnavailable(RuntimeError):

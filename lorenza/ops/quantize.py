@@ -1,10 +1,20 @@
 """Ops ``quantize8`` and ``dequantize8``: blockwise 8-bit codes of optimizer moments
-(docs/algorithms.md, section 9). The format (block size, maps) is ``lorenza.reference.blockwise8``'s;
-the PyTorch reference is the only implementation so far."""
+(docs/algorithms.md, section 9). The format (block size, maps) is ``lorenza.reference.blockwise8``'s.
+The Adam ops take such a moment as a :class:`Blockwise8` and update it in its codes (``adam.py``)."""
+import contextlib
+from typing import NamedTuple
+
 import torch
 
 from ..reference.blockwise8 import BLOCK, blocks, zero_code
 from . import backend
+
+
+class Blockwise8(NamedTuple):
+    """A moment held in blockwise 8-bit codes: ``codes`` (uint8, the moment's shape) and ``absmax``
+    (float32, one per block of ``BLOCK`` elements of the flattened codes)."""
+    codes: torch.Tensor
+    absmax: torch.Tensor
 
 
 @torch.no_grad()
@@ -20,4 +30,15 @@ def dequantize8(codes: torch.Tensor, absmax: torch.Tensor, signed: bool, dtype=t
     return backend.call("dequantize8", codes.device, codes, absmax, signed, dtype)
 
 
-__all__ = ["BLOCK", "blocks", "zero_code", "quantize8_", "dequantize8"]
+@contextlib.contextmanager
+def updated8(moment: Blockwise8, start: int, stop: int, signed: bool, dtype=torch.float32):
+    """The floats of elements ``start:stop`` of the flattened ``moment`` (``start`` a multiple of
+    ``BLOCK``, ``stop`` too or the end), to update in place; quantized back when the block exits."""
+    codes = moment.codes.view(-1)[start:stop]
+    absmax = moment.absmax[start // BLOCK:blocks(stop)]
+    values = dequantize8(codes, absmax, signed, dtype)
+    yield values
+    quantize8_(codes, absmax, values, signed)
+
+
+__all__ = ["BLOCK", "Blockwise8", "blocks", "zero_code", "quantize8_", "dequantize8", "updated8"]

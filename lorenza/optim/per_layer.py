@@ -206,10 +206,14 @@ class PerLayerOptimizer(ProjectedOptimizer):
                 kept.append(entry)
         return kept
 
+    def take_accumulator(self, param):
+        """Remove and return the parameter's projected accumulator, or None."""
+        return self.state[param].pop(ACCUMULATOR, None) if param in self.state else None
+
     def subspace_gradient(self, param, projection):
         """The step's projected gradient of a projected weight, taken out of the state: its
         accumulator plus the projection of what ``.grad`` holds; None when neither exists."""
-        S = self.state[param].pop(ACCUMULATOR, None)
+        S = self.take_accumulator(param)
         if param.grad is not None:
             projected = projection.project(local(param.grad))
             S = projected if S is None else S.add_(projected)

@@ -54,61 +54,38 @@ class ProjectedAdam(PerLayerOptimizer):
             else:
                 projected.append((group, param, projection))
         for group, param, projection in projected:
-            state = self._moments(param, self.moment_shapes(param, projection),
-                                  bits=group["state_bits"])
+            state = self._stored_moments(param, group, projection)
             if group["projector"] != "random":
                 state["basis"] = self.placed_basis(param, projection)
-            t = int(state["step"])
-            exp_avg, exp_avg_sq = self._load_moments(param)
             if ACCUMULATOR in state:  # per-layer mode: the step's gradient is in the subspace already
                 gradient, given_projected = self.subspace_gradient(param, projection), True
             else:
                 gradient, given_projected = local(param.grad), False
-            ops.projected_adam_(local(param), gradient, local(exp_avg), local(exp_avg_sq),
-                                projection, scale=group["scale"], residual=group.get("residual", False),
-                                projected=given_projected, **adam_hyper(group, t))
-            self._store_moments(param, group, exp_avg, exp_avg_sq)
+            ops.projected_adam_(local(param), gradient, *self._moment_args(state), projection,
+                                scale=group["scale"], residual=group.get("residual", False),
+                                projected=given_projected, **adam_hyper(group, int(state["step"])))
         batches = defaultdict(list)
         for group, param in plain:
-            state = self._moments(param, self.moment_shapes(param, None), bits=group["state_bits"])
+            state = self._stored_moments(param, group, None)
             batches[(id(group), int(state["step"]))].append((group, param))
         for (_, t), members in batches.items():
             group, params = members[0][0], [p for _, p in members]
-            if group["state_bits"] == 8:
-                self._adam_8bit(params, adam_hyper(group, t))
-                continue
-            moments = [self._load_moments(p) for p in params]
-            ops.adam_([local(p) for p in params], [local(p.grad) for p in params],
-                      [local(m) for m, _ in moments], [local(v) for _, v in moments], **adam_hyper(group, t))
-            for p, (exp_avg, exp_avg_sq) in zip(params, moments):
-                self._store_moments(p, group, exp_avg, exp_avg_sq)
+            moments = [self._moment_args(self.state[p]) for p in params]
+            ops.adam_([local(p) for p in params], [local(p.grad) for p in params], [m for m, _ in moments],
+                      [v for _, v in moments], **adam_hyper(group, t))
 
-    def _adam_8bit(self, params, hyper) -> None:
-        """Adam on unprojected parameters whose moments are 8-bit, one parameter at a time, and a
-        large one a chunk of its moments at a time (``quantized_moments.updated_in_chunks``)."""
-        keys = ("exp_avg", "exp_avg_sq")
-        for param in params:
-            state, weight, grad = self.state[param], local(param), local(param.grad)
-            chunked = (quantized_moments.all_quantized(state, keys) and weight.is_contiguous()
-                       and grad.is_contiguous() and grad.shape == weight.shape)
-            if not chunked:  # small moments (float32), or stored in the other form (converted now)
-                exp_avg, exp_avg_sq = self._load_moments(param)
-                ops.adam_([weight], [grad], [local(exp_avg)], [local(exp_avg_sq)], **hyper)
-                self._store_moments(param, {"state_bits": 8}, exp_avg, exp_avg_sq)
-                continue
-            for part, (exp_avg, exp_avg_sq) in quantized_moments.updated_in_chunks(state, keys,
-                                                                                   work_dtype(param.dtype)):
-                ops.adam_([weight.view(-1)[part]], [grad.view(-1)[part]], [exp_avg], [exp_avg_sq], **hyper)
+    def _stored_moments(self, param, group, projection) -> dict:
+        """The parameter's state, its step counted and its moments in the form its group's
+        ``state_bits`` asks for."""
+        bits = group["state_bits"]
+        state = self._moments(param, self.moment_shapes(param, projection), bits=bits)
+        for key in ("exp_avg", "exp_avg_sq"):
+            quantized_moments.convert_(state, key, bits, work_dtype(param.dtype))
+        return state
 
-    def _load_moments(self, param):
-        """``(exp_avg, exp_avg_sq)`` as floats to update (the state's own tensors unless 8-bit)."""
-        dtype = work_dtype(param.dtype)
-        state = self.state[param]
-        return tuple(quantized_moments.load(state, key, dtype) for key in ("exp_avg", "exp_avg_sq"))
-
-    def _store_moments(self, param, group, exp_avg, exp_avg_sq) -> None:
-        for key, value in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
-            quantized_moments.store_(self.state[param], key, value, group["state_bits"])
+    @staticmethod
+    def _moment_args(state) -> tuple:
+        return tuple(quantized_moments.moment(state, key) for key in ("exp_avg", "exp_avg_sq"))
 
     def moment_shapes(self, param, projection) -> dict:
         """``_moments``' shapes of Adam's two moments: in the subspace, or shaped like the parameter."""

@@ -1,11 +1,14 @@
 """ProjFactor: VLoRP's projected first moment with an Adafactor-style second moment (Wang et al.
 2025; docs/algorithms.md, section 7)."""
+import contextlib
+import functools
 import math
 
 import torch
 
 from ..distributed.shards import local, row_shard, rows_of
 from ..projector import work_dtype
+from ..ops import quantize
 from . import quantized_moments
 from .per_layer import PerLayerOptimizer
 
@@ -20,15 +23,17 @@ def matrix_shape(tensor: torch.Tensor):
     return tensor.numel(), 1
 
 
-def square_sums(matrix: torch.Tensor):
-    """Row and column sums of ``matrix**2``, a block of rows at a time (a column reduction over the
-    whole of a large matrix runs an order of magnitude slower than blocks that stay in cache)."""
+def square_sums(matrix: torch.Tensor, dtype=None):
+    """Row and column sums of ``matrix**2`` in ``dtype`` (the matrix's by default), a block of rows
+    at a time (a column reduction over the whole of a large matrix runs an order of magnitude slower
+    than blocks that stay in cache; and a bf16 gradient is converted a block at a time)."""
     rows, cols = matrix.shape
-    row_sq = torch.empty(rows, dtype=matrix.dtype, device=matrix.device)
-    col_sq = torch.zeros(cols, dtype=matrix.dtype, device=matrix.device)
+    dtype = dtype or matrix.dtype
+    row_sq = torch.empty(rows, dtype=dtype, device=matrix.device)
+    col_sq = torch.zeros(cols, dtype=dtype, device=matrix.device)
     block = max(1, BLOCK_ELEMENTS // 2 // cols)
     for start in range(0, rows, block):
-        squares = matrix[start:start + block].square()
+        squares = matrix[start:start + block].to(dtype).square()
         torch.sum(squares, dim=1, out=row_sq[start:start + block])
         col_sq.add_(squares.sum(0))
     return row_sq, col_sq
@@ -116,10 +121,11 @@ class ProjFactor(PerLayerOptimizer):
             self._update_one(group, param, projection)
 
     def _gradient(self, group, param, projection):
-        """``S`` (the projected gradient, or the gradient) and the row and column sums of ``B^2``."""
+        """``S`` (the projected gradient; or the gradient, in its own dtype, viewed as the parameter's
+        ``rows x cols`` matrix) and the row and column sums of ``B^2``."""
         if projection is None:
-            S = local(param.grad).to(work_dtype(param.dtype))
-            row_sq, col_sq = square_sums(S.reshape(matrix_shape(local(param))))
+            S = local(param.grad).reshape(matrix_shape(local(param)))
+            row_sq, col_sq = square_sums(S, work_dtype(param.dtype))
             shard = row_shard(param)
             return S, row_sq, col_sq if shard is None else shard.sum_(col_sq)
         S = self.subspace_gradient(param, projection)
@@ -147,29 +153,53 @@ class ProjFactor(PerLayerOptimizer):
     def _update_one(self, group, param, projection) -> None:
         beta1, beta2 = group["betas"]
         S, row_sq, col_sq = self._gradient(group, param, projection)
-        weight = local(param)
+        weight, dtype = local(param), work_dtype(param.dtype)
         rows, cols = matrix_shape(weight)
         state = self._moments(param, self.moment_shapes(param, projection), bits=group["state_bits"])
-        exp_avg = quantized_moments.load(state, "exp_avg", work_dtype(param.dtype))  # floats if 8-bit
-        M = local(exp_avg)
+        quantized_moments.convert_(state, "exp_avg", group["state_bits"], dtype)
+        exp_avg = quantized_moments.moment(state, "exp_avg")
         v_row, v_col = (local(state[key]) for key in ("exp_avg_sq_row", "exp_avg_sq_col"))
-        M.mul_(beta1).add_(S, alpha=1 - beta1)
         v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
         v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
         t = int(state["step"])
         step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-        if projection is None:
-            def numerator(start, stop):
-                return M.view(rows, cols)[start:stop]
-            rows_multiple = 1
-        else:
-            def numerator(start, stop):
-                return projection.lift_rows(M, start, stop).mul_(group["scale"])
-            rows_multiple = projection.granularity if projection.side == "left" else 1
-        factored_update_(weight.view(rows, cols), numerator, v_row, v_col, step_size=step_size,
-                         eps=group["eps"], rows_multiple=rows_multiple,
-                         v_row_sum=self._sum_over_rows(param, v_row))
-        quantized_moments.store_(state, "exp_avg", exp_avg, group["state_bits"])
+        update = functools.partial(factored_update_, weight.view(rows, cols), v_row=v_row, v_col=v_col,
+                                   step_size=step_size, eps=group["eps"],
+                                   v_row_sum=self._sum_over_rows(param, v_row))
+        if projection is None:  # M is updated a block of rows at a time, with the weight's rows
+            whole_blocks = quantize.BLOCK // math.gcd(cols, quantize.BLOCK)  # rows holding whole 8-bit blocks
+            update(functools.partial(_updated_rows, exp_avg, S, beta1, dtype),
+                   rows_multiple=1 if isinstance(exp_avg, torch.Tensor) else whole_blocks)
+        else:  # r-sized: M whole (an 8-bit one dequantized, stored back after the update)
+            with _floats(exp_avg, dtype) as M:
+                M.mul_(beta1).add_(S, alpha=1 - beta1)
+                update(lambda start, stop: projection.lift_rows(M, start, stop).mul_(group["scale"]),
+                       rows_multiple=projection.granularity if projection.side == "left" else 1)
         decay = group["lr"] * group["weight_decay"]
         if decay:  # after the update, as GaLore and the official code do
             weight.add_(weight, alpha=-decay)
+
+
+@contextlib.contextmanager
+def _floats(moment, dtype):
+    """``moment`` as floats to update in place: itself, or an 8-bit one's dequantized values (shaped
+    like it), quantized back on exit."""
+    if isinstance(moment, torch.Tensor):
+        yield moment
+        return
+    with quantize.updated8(moment, 0, moment.codes.numel(), signed=True, dtype=dtype) as values:
+        yield values.view(moment.codes.shape)
+
+
+def _updated_rows(exp_avg, S, beta1, dtype, start, stop):
+    """Rows ``start:stop`` of the unprojected first moment (``M`` or its codes, viewed as ``S``'s
+    ``rows x cols``), updated with those of ``S``: ``M = b1 M + (1 - b1) S``, in ``dtype``. For 8-bit
+    codes the rows are whole blocks (``rows_multiple``), quantized back before they are returned."""
+    rows, cols = S.shape
+    gradient = S[start:stop]
+    if isinstance(exp_avg, torch.Tensor):
+        M = exp_avg.view(rows, cols)[start:stop]
+        return M.mul_(beta1).add_(gradient.to(M.dtype), alpha=1 - beta1)
+    with quantize.updated8(exp_avg, start * cols, stop * cols, signed=True, dtype=dtype) as values:
+        M = values.view(-1, cols).mul_(beta1).add_(gradient.to(values.dtype), alpha=1 - beta1)
+    return M

@@ -109,7 +109,7 @@ class ZerothOrderSAM(ProjectedAdam):
         name = type(self).__name__
         params = [param for _, param, _ in trainable]
         # what a backward writes: .grad, and in per-layer mode the projected accumulators
-        previous = [(param.grad, self._take_accumulator(param)) for param in params]
+        previous = [(param.grad, self.take_accumulator(param)) for param in params]
 
         def versions():
             return [(_version(p.grad), _version(self.state.get(p, {}).get(ACCUMULATOR))) for p in params]
@@ -122,7 +122,7 @@ class ZerothOrderSAM(ProjectedAdam):
             move_back()
             for param, (grad, accumulated) in zip(params, previous):
                 param.grad = grad
-                self._take_accumulator(param)
+                self.take_accumulator(param)
                 if accumulated is not None:
                     self.state[param][ACCUMULATOR] = accumulated
 
@@ -150,10 +150,6 @@ class ZerothOrderSAM(ProjectedAdam):
                 total = loss.detach() if total is None else total + loss.detach()
             move_back()
         return total
-
-    def _take_accumulator(self, param):
-        """Remove and return the parameter's projected accumulator (per-layer mode), or None."""
-        return self.state[param].pop(ACCUMULATOR, None) if param in self.state else None
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -6,6 +6,7 @@ numbers; weight decay is applied after the update, as GaLore does.
 import torch
 
 from . import subspace
+from .standing import standing_for_all
 
 
 def _moments_(M, V, R, beta1, beta2):
@@ -32,7 +33,7 @@ def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
     tensors = (param, grad, M, V)
     if param.numel() > CHUNK and all(t.is_contiguous() and t.shape == param.shape for t in tensors):
         flat = [t.view(-1) for t in tensors]
-        for start in range(0, param.numel(), CHUNK):
+        for start in standing_for_all(range(0, param.numel(), CHUNK), param.device):
             adam_(*(t[start:start + CHUNK] for t in flat), beta1=beta1, beta2=beta2, eps=eps,
                   step_size=step_size, decay=decay)
         return

@@ -12,6 +12,8 @@ import functools
 
 import torch
 
+from .standing import standing_for_all
+
 BLOCK = 256
 CHUNK_BLOCKS = 1024  # blocks quantized at a time: bounds the temporaries (float32 and int64 indices)
 
@@ -55,7 +57,7 @@ def quantize_(codes: torch.Tensor, absmax: torch.Tensor, values: torch.Tensor, s
     midpoints = (table[1:] + table[:-1]) / 2
     flat, out = values.reshape(-1), codes.view(-1)
     step = CHUNK_BLOCKS * BLOCK
-    for start in range(0, flat.numel(), step):
+    for start in standing_for_all(range(0, flat.numel(), step), values.device):
         part = flat[start:start + step].float()
         count = part.numel()
         padded = torch.nn.functional.pad(part, (0, blocks(count) * BLOCK - count)).view(-1, BLOCK)

@@ -8,6 +8,7 @@ whose values are the same to a few ulp.
 import torch
 
 from . import philox
+from .standing import standing_for_all
 
 
 def randn(shape, key: int, device=None, dtype=torch.float32, fill=philox.normal_,
@@ -27,7 +28,7 @@ def chunks(numel: int, coeffs, keys, device=None, fill=philox.normal_, first: in
     size = max(1, min(numel, philox.CHUNK))
     acc = torch.empty(size, dtype=torch.float32, device=device)
     tmp = torch.empty(size, dtype=torch.float32, device=device) if len(keys) > 1 else None
-    for start in philox.standing_for_all(range(0, numel, size), acc.device):
+    for start in standing_for_all(range(0, numel, size), acc.device):
         count = min(size, numel - start)
         out = fill(acc[:count], keys[0], first + start).mul_(coeffs[0])
         for coeff, key in zip(coeffs[1:], keys[1:]):

@@ -115,6 +115,15 @@ def launched_kernels() -> list:
     return [kernel for _, kernel in kernels]
 
 
+def _stand_in(arg):
+    """A small tensor with a tensor argument's dtype and address alignment, which is all Triton's
+    specialization reads of it: the recorded launches then keep no weight-sized memory alive."""
+    if not isinstance(arg, torch.Tensor):
+        return arg
+    base = torch.empty(32 // arg.element_size(), dtype=arg.dtype)  # 64-byte aligned, as the original was
+    return base[(arg.data_ptr() - base.data_ptr()) % 16 // arg.element_size():]
+
+
 @contextlib.contextmanager
 def recorded_launches():
     """Within the block, launching a kernel records it and runs nothing; yields the records."""
@@ -122,7 +131,8 @@ def recorded_launches():
 
     def recorder(kernel):
         def run(*args, grid, warmup, **kwargs):
-            launches.append(Launch(kernel, args, kwargs))
+            launches.append(Launch(kernel, tuple(map(_stand_in, args)),
+                                   {name: _stand_in(value) for name, value in kwargs.items()}))
         return run
 
     kernels = launched_kernels()
@@ -148,8 +158,14 @@ def _keys(count: int) -> list:
     return [2**62 + 3 + j for j in range(count)]
 
 
+def _codes8(shape) -> tuple:
+    """Codes and block maxima of an 8-bit moment of ``shape``."""
+    codes = torch.empty(shape, dtype=torch.uint8)
+    return codes, torch.empty(-(-codes.numel() // 256))
+
+
 def _projected_paths(W, ranks):
-    from lorenza.kernels import perturb, projected_adam
+    from lorenza.kernels import adam8, perturb, projected_adam
     from lorenza.kernels.rank_update import MAX_STREAMS
 
     m, n = W.shape
@@ -167,6 +183,9 @@ def _projected_paths(W, ranks):
         projected_adam.projected_adam_(W, torch.empty(moments), M, V, basis, side, 1.0, scale=0.25,
                                        residual=False, projected=True, beta1=0.9, beta2=0.999, eps=1e-8,
                                        step_size=1e-3, decay=0.0)
+        # state_bits=8: the projection alone, then the 8-bit Adam kernel
+        adam8.projected_adam8_(W, W, *_codes8(moments), *_codes8(moments), basis, side, 1.0, scale=0.25,
+                               residual=False, beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3, decay=0.0)
         for streams in range(1, MAX_STREAMS + 1):  # Lorenza's probes and ascent
             perturb.subspace_add_(W, basis, side, 1.0, [1.0] * streams, _keys(streams))
         perturb.low_rank_add_(W, 1.0, 1.0, rank, key_v, key_u=key_u)  # LOZO
@@ -176,7 +195,7 @@ def _projected_paths(W, ranks):
 def user_launches(models=tuple(LLAMA), ranks=RANKS, dtypes=WEIGHT_DTYPES) -> list:
     """The distinct launches of every op on the weights of ``models``, at each rank and dtype, with
     fp32 products in IEEE fp32 (PyTorch's default matmul precision) and in TF32 (``"high"``)."""
-    from lorenza.kernels import perturb, philox, projected_adam
+    from lorenza.kernels import adam8, perturb, philox, projected_adam
     from lorenza.kernels.rank_update import MAX_STREAMS
 
     shapes = sorted({shape for model in models for shape in weight_shapes(model)})
@@ -190,6 +209,8 @@ def user_launches(models=tuple(LLAMA), ranks=RANKS, dtypes=WEIGHT_DTYPES) -> lis
                 M, V = (torch.empty(shape, dtype=compute_dtype(dtype)) for _ in range(2))
                 projected_adam.adam_([W], [W], [M], [V], beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3,
                                      decay=0.0)
+                adam8.adam8_([W], [W], *([t] for t in _codes8(shape) + _codes8(shape)), beta1=0.9, beta2=0.999,
+                             eps=1e-8, step_size=1e-3, decay=0.0)
                 for streams in range(1, MAX_STREAMS + 1):  # MeZO, AdaZeta, AdaZo-SAM
                     perturb.gaussian_add_(W, [1.0] * streams, _keys(streams))
                 if shape[0] not in vocab:  # the embeddings and the head are never projected
