@@ -5,7 +5,7 @@ refreshing layer's), and a non-finite gradient skips its layer only."""
 import pytest
 import torch
 
-from lorenza import Lorenza, LowRankAdamW
+from lorenza import AdaZoSAM, Lorenza, LowRankAdamW
 
 STEPS = 6
 SIZES = (24, 40, 32, 20, 6)  # three projected weights at rank 4, and a head of 6 rows left full
@@ -198,3 +198,5 @@ def test_residual_needs_the_full_gradient():
         Lorenza(make_model().parameters(), rank=4, residual=True, per_layer=True)
     with pytest.raises(TypeError, match="per_layer must be a bool"):
         LowRankAdamW(make_model().parameters(), rank=4, per_layer="yes")
+    with pytest.raises(ValueError, match="AdaZoSAM has no per-layer mode"):
+        AdaZoSAM(make_model().parameters(), per_layer=True)

@@ -60,8 +60,8 @@ def projected_run(monkeypatch, projection, residual, given_projected):
             G = G.to(dtype)
             if given_projected:
                 G = basis.project(G.to(work)).contiguous()
-            adam.projected_adam_(W, G, *moments, basis, scale=0.25, residual=residual, projected=given_projected,
-                                 **HYPER)
+            adam.projected_adam_(W, G, *moments, basis, scale=0.25, residual=residual,
+                                 projected=given_projected, **HYPER)
         return W, moments
     return run
 

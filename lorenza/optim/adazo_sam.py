@@ -9,7 +9,11 @@ class AdaZoSAM(ZerothOrderSAM):
     :class:`~lorenza.optim.sam.ZerothOrderSAM`'s."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rho=0.05,
-                 zo_eps=1e-3, zo_queries=1, seed=None, state_bits=32, *, process_group=None):
+                 zo_eps=1e-3, zo_queries=1, seed=None, state_bits=32, *, per_layer=False, process_group=None):
+        if per_layer:
+            raise ValueError("AdaZoSAM has no per-layer mode: it projects nothing, so an accumulator would "
+                             "be as large as the gradient it replaces; Lorenza(per_layer=True) is the "
+                             "low-rank step that has one (docs/algorithms.md, section 10)")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, seed=seed,
                                       rho=rho, zo_eps=zo_eps, zo_queries=zo_queries, residual=False,
                                       state_bits=state_bits),

@@ -13,38 +13,34 @@ from .standing import standing_for_all
 CHUNK = 1 << 18  # elements of an unprojected moment dequantized at a time (whole blocks)
 
 
-def _dequantized(codes, absmax, signed, dtype):
-    return blockwise8.dequantize(codes, absmax, signed, dtype)
+def _adam8_(param, grad, m_codes, m_absmax, v_codes, v_absmax, hyper) -> None:
+    dtype = compute_dtype(param.dtype)
+    M = blockwise8.dequantize(m_codes, m_absmax, True, dtype)
+    V = blockwise8.dequantize(v_codes, v_absmax, False, dtype)
+    multi_tensor_adam.adam_([param], [grad], [M], [V], **hyper)
+    blockwise8.quantize_(m_codes, m_absmax, M, True)
+    blockwise8.quantize_(v_codes, v_absmax, V, False)
 
 
 def adam8_(params, grads, m_codes, m_absmax, v_codes, v_absmax, **hyper) -> None:
     """``adam.adam_`` of every parameter (through ``multi_tensor_adam``, as the float32 moments'
     op). A tensor laid out otherwise than flat goes whole."""
     for param, grad, mc, ma, vc, va in zip(params, grads, m_codes, m_absmax, v_codes, v_absmax):
-        dtype = compute_dtype(param.dtype)
-        flat = all(t.is_contiguous() and t.shape == param.shape for t in (grad, mc, vc)) \
-            and param.is_contiguous()
-        if not flat:
-            M, V = _dequantized(mc, ma, True, dtype), _dequantized(vc, va, False, dtype)
-            multi_tensor_adam.adam_([param], [grad], [M], [V], **hyper)
-            blockwise8.quantize_(mc, ma, M, True)
-            blockwise8.quantize_(vc, va, V, False)
+        if not all(t.is_contiguous() and t.shape == param.shape for t in (param, grad, mc, vc)):
+            _adam8_(param, grad, mc, ma, vc, va, hyper)
             continue
         p, g, m, v = (t.view(-1) for t in (param, grad, mc, vc))
         for start in standing_for_all(range(0, p.numel(), CHUNK), p.device):
-            part, blocks = slice(start, start + CHUNK), slice(start // blockwise8.BLOCK,
-                                                              (start + CHUNK) // blockwise8.BLOCK)
-            M = _dequantized(m[part], ma[blocks], True, dtype)
-            V = _dequantized(v[part], va[blocks], False, dtype)
-            multi_tensor_adam.adam_([p[part]], [g[part]], [M], [V], **hyper)
-            blockwise8.quantize_(m[part], ma[blocks], M, True)
-            blockwise8.quantize_(v[part], va[blocks], V, False)
+            part = slice(start, start + CHUNK)
+            blocks = slice(start // blockwise8.BLOCK, (start + CHUNK) // blockwise8.BLOCK)
+            _adam8_(p[part], g[part], m[part], ma[blocks], v[part], va[blocks], hyper)
 
 
 def projected_adam8_(param, grad, m_codes, m_absmax, v_codes, v_absmax, basis, side, lift_scale, **hyper):
     """``adam.projected_adam_`` (same arguments, ``sum_rows`` included) of ``r``-sized 8-bit moments."""
     dtype = compute_dtype(param.dtype)
-    M, V = _dequantized(m_codes, m_absmax, True, dtype), _dequantized(v_codes, v_absmax, False, dtype)
+    M = blockwise8.dequantize(m_codes, m_absmax, True, dtype)
+    V = blockwise8.dequantize(v_codes, v_absmax, False, dtype)
     adam.projected_adam_(param, grad, M, V, basis, side, lift_scale, **hyper)
     blockwise8.quantize_(m_codes, m_absmax, M, True)
     blockwise8.quantize_(v_codes, v_absmax, V, False)
