@@ -204,6 +204,14 @@ class ProjectedOptimizer(LorenzaOptimizer):
             if projection is not None and group["projector"] != "random":
                 state["basis"] = self.placed_basis(param, projection)
 
+    def subspace_shape(self, param, group, tensor_id):
+        """This rank's shape of a projected parameter's subspace (its moments'), from the shapes
+        alone: no basis is made. Raises, as ``projection`` would, for a sharding it cannot take."""
+        side, c = proj.side_for(param.shape, group["proj_type"]), group["granularity"]
+        self.folded_shard(param, side, c, tensor_id)
+        rows, cols = proj.folded_shape(local(param).shape, side, c)
+        return (rows, group["rank"]) if side == "right" else (group["rank"], cols)
+
     def blank_projection(self, param, group, tensor_id):
         """The parameter's projection with a zero basis (its shapes and placement only), or None."""
         if not self.is_projected(param, group):

@@ -33,9 +33,10 @@ class ProjectedAdam(PerLayerOptimizer):
         accumulator (per-layer mode).
 
         Two phases, so that an error leaves weights and state untouched: first every check and
-        every basis refresh (which can fail, e.g. an SVD of a NaN gradient), then the updates.
-        Projected parameters go one by one through the subspace; the others are batched into
-        multi-tensor calls per group and step count.
+        every basis refresh (which can fail, e.g. an SVD of a NaN gradient), then the updates. A
+        Gaussian basis cannot fail: it is regenerated when its update runs, so that the bases of
+        all layers never coexist. Projected parameters go one by one through the subspace; the
+        others are batched into multi-tensor calls per group and step count.
         """
         self._drop_written_back()
         self.index_projected()
@@ -43,17 +44,20 @@ class ProjectedAdam(PerLayerOptimizer):
         for group, param, tensor_id in self._finite_entries(entries):
             if param.grad is not None:
                 self.check_grad(param, param.grad, type(self).__name__)
-            projection = self.projection(param, group, tensor_id, grad=param.grad, this_step=True)
-            if projection is not None and projection.granularity > 1 and not local(param).is_contiguous():
+            if not self.is_projected(param, group):
+                self._check_state(param, local(param).shape)
+                plain.append((group, param))
+                continue
+            if group["granularity"] > 1 and not local(param).is_contiguous():
                 raise ValueError(f"granularity > 1 needs contiguous parameters; one of shape "
                                  f"{tuple(param.shape)} is not (call .contiguous() on it)")
-            shape = projection.subspace_shape() if projection else local(param).shape
-            self._check_state(param, shape)
+            self._check_state(param, self.subspace_shape(param, group, tensor_id))
+            refreshed = None if group["projector"] == "random" else \
+                self.projection(param, group, tensor_id, grad=param.grad, this_step=True)
+            projected.append((group, param, tensor_id, refreshed))
+        for group, param, tensor_id, projection in projected:
             if projection is None:
-                plain.append((group, param))
-            else:
-                projected.append((group, param, projection))
-        for group, param, projection in projected:
+                projection = self.projection(param, group, tensor_id, grad=param.grad, this_step=True)
             state = self._stored_moments(param, group, projection)
             if group["projector"] != "random":
                 state["basis"] = self.placed_basis(param, projection)

@@ -104,21 +104,24 @@ class ProjFactor(PerLayerOptimizer):
 
     def _update(self, entries) -> None:
         """The ProjFactor step of every ``(group, param, tensor_id)``, from its ``.grad`` and/or its
-        projected accumulator. Two phases, so that an error leaves weights and state untouched."""
+        projected accumulator. Two phases, so that an error leaves weights and state untouched:
+        the checks, then the updates. A parameter's Gaussian basis is regenerated when its update
+        runs (it cannot fail), so that the bases of all layers never coexist."""
         self._drop_written_back()
         self.index_projected()
         planned = []
         for group, param, tensor_id in self._finite_entries(entries):
             if param.grad is not None:
                 self.check_grad(param, param.grad, type(self).__name__)
-            projection = self.projection(param, group, tensor_id, this_step=True)
-            if projection is None and param.dim() > 2 and not local(param).is_contiguous():
+            projected = self.is_projected(param, group)
+            if not projected and param.dim() > 2 and not local(param).is_contiguous():
                 raise ValueError(f"ProjFactor needs contiguous parameters of more than two dimensions; one "
                                  f"of shape {tuple(param.shape)} is not")
-            self._check_state(param, projection.subspace_shape() if projection else local(param).shape)
-            planned.append((group, param, projection))
-        for group, param, projection in planned:
-            self._update_one(group, param, projection)
+            self._check_state(param, self.subspace_shape(param, group, tensor_id) if projected
+                              else local(param).shape)
+            planned.append((group, param, tensor_id))
+        for group, param, tensor_id in planned:
+            self._update_one(group, param, self.projection(param, group, tensor_id, this_step=True))
 
     def _gradient(self, group, param, projection):
         """``S`` (the projected gradient; or the gradient, in its own dtype, viewed as the parameter's
