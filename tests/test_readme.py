@@ -10,7 +10,8 @@ README = (ROOT / "README.md").read_text()
 RESULTS = ROOT / "bench" / "results"
 QUOTED_RUNS = ["main_job-cpu-2core-*.txt", "finetune_minilm-cpu-2core-*.txt", "cpu-2core-*.txt",
                "fsdp2-cpu-2core-*.txt", "zo-scaling-cpu-2core-*.txt", "hf_trainer-cpu-2core-*.txt",
-               "main_job_forms-cpu-2core-*.txt", "step_memory-60m-cpu-2core-*.txt"]
+               "main_job_forms-cpu-2core-*.txt", "step_memory-60m-cpu-2core-*.txt",
+               "step_memory-7b-meta-*.txt"]
 
 
 @pytest.mark.parametrize("pattern", QUOTED_RUNS)

@@ -49,8 +49,11 @@ def test_per_layer_keeps_one_projected_gradient_and_8_bits_shrink_the_state(coun
     assert eight["state"] < 0.55 * plain["state"]
     assert both["peak"] < eight["peak"] and layered["peak"] < plain["peak"]
     assert eight["peak"] < plain["peak"]
-    # no float copy of a whole 8-bit moment: the temporaries stay those of the float32 step
-    assert eight["temporaries"] <= plain["temporaries"] + 1024 * 1024, (eight, plain)
+    # no float32 copy of a whole 8-bit moment: the 8-bit step's extra temporaries (a chunk's codes,
+    # indices and floats) stay below one such copy of the largest moment, the embeddings'
+    largest_moment = max(4 * torch.Size(shape).numel() for shape, projected in llama_shapes(MODEL)
+                         if not projected)
+    assert eight["temporaries"] < plain["temporaries"] + largest_moment, (eight, plain)
 
 
 def test_galore_per_layer_frees_the_gradients(counts):
