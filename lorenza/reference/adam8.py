@@ -6,6 +6,8 @@ block); the first moment uses the signed map, the second the unsigned one. Unpro
 updated ``CHUNK`` elements (whole blocks) at a time, so the float copies are a chunk's size, never a
 moment's; projected ones are ``r``-sized and go whole.
 """
+import contextlib
+
 from . import adam, blockwise8, multi_tensor_adam
 from .precision import compute_dtype
 from .standing import standing_for_all
@@ -13,13 +15,19 @@ from .standing import standing_for_all
 CHUNK = 1 << 18  # elements of an unprojected moment dequantized at a time (whole blocks)
 
 
-def _adam8_(param, grad, m_codes, m_absmax, v_codes, v_absmax, hyper) -> None:
-    dtype = compute_dtype(param.dtype)
+@contextlib.contextmanager
+def _moments(m_codes, m_absmax, v_codes, v_absmax, dtype):
+    """Both moments as ``dtype`` floats to update in place, quantized back when the block exits."""
     M = blockwise8.dequantize(m_codes, m_absmax, True, dtype)
     V = blockwise8.dequantize(v_codes, v_absmax, False, dtype)
-    multi_tensor_adam.adam_([param], [grad], [M], [V], **hyper)
+    yield M, V
     blockwise8.quantize_(m_codes, m_absmax, M, True)
     blockwise8.quantize_(v_codes, v_absmax, V, False)
+
+
+def _adam8_(param, grad, m_codes, m_absmax, v_codes, v_absmax, hyper) -> None:
+    with _moments(m_codes, m_absmax, v_codes, v_absmax, compute_dtype(param.dtype)) as (M, V):
+        multi_tensor_adam.adam_([param], [grad], [M], [V], **hyper)
 
 
 def adam8_(params, grads, m_codes, m_absmax, v_codes, v_absmax, **hyper) -> None:
@@ -38,9 +46,5 @@ def adam8_(params, grads, m_codes, m_absmax, v_codes, v_absmax, **hyper) -> None
 
 def projected_adam8_(param, grad, m_codes, m_absmax, v_codes, v_absmax, basis, side, lift_scale, **hyper):
     """``adam.projected_adam_`` (same arguments, ``sum_rows`` included) of ``r``-sized 8-bit moments."""
-    dtype = compute_dtype(param.dtype)
-    M = blockwise8.dequantize(m_codes, m_absmax, True, dtype)
-    V = blockwise8.dequantize(v_codes, v_absmax, False, dtype)
-    adam.projected_adam_(param, grad, M, V, basis, side, lift_scale, **hyper)
-    blockwise8.quantize_(m_codes, m_absmax, M, True)
-    blockwise8.quantize_(v_codes, v_absmax, V, False)
+    with _moments(m_codes, m_absmax, v_codes, v_absmax, compute_dtype(param.dtype)) as (M, V):
+        adam.projected_adam_(param, grad, M, V, basis, side, lift_scale, **hyper)
