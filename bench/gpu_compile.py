@@ -2,12 +2,12 @@
 compile time per kernel configuration and target (sm_80, sm_90), from Triton's compiler and the
 ptxas in its wheel, on any machine (docs/performance.md, "Compiled for the GPU, checked without one").
 
-The compiles run in a child process without ``TRITON_INTERPRET`` (lorenza.testing.gpu_compile), so
+The compiles run in a child process without ``TRITON_INTERPRET`` (bench.kernel_compiles), so
 the launch heuristics are the GPU's whatever this process runs; it needs Triton, not a GPU.
 """
 import os
 
-from lorenza.testing.gpu_compile import in_child_process, problems
+from .kernel_compiles import in_child_process, problems
 
 from .helpers import print_table
 

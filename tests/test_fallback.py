@@ -60,15 +60,17 @@ def watch_launches(monkeypatch, kernel, error=None, on=1) -> list:
     return launches
 
 
-def count_calls(monkeypatch, module, name: str) -> list:
-    """Wrap ``module.name``; returns the list of the (cloned) first arguments of its calls."""
-    calls, real = [], getattr(module, name)
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Wrap ``owner.name`` (``owner[name]`` for a dict: an op's implementations); returns the list of
+    the (cloned) first arguments of its calls."""
+    is_dict = isinstance(owner, dict)
+    calls, real = [], owner[name] if is_dict else getattr(owner, name)
 
     def counted(*args, **kwargs):
         first = args[0]
         calls.append(first.clone() if isinstance(first, torch.Tensor) else first)
         return real(*args, **kwargs)
-    monkeypatch.setattr(module, name, counted)
+    (monkeypatch.setitem if is_dict else monkeypatch.setattr)(owner, name, counted)
     return calls
 
 
@@ -152,8 +154,7 @@ def _gaussian_add_int():
 ])
 def test_an_argument_error_propagates_and_nothing_falls_back(monkeypatch, op, call, error, match):
     triton_under_auto(monkeypatch, op)
-    module, name = backend.OPS[op][backend.TORCH].split(":")
-    pytorch = count_calls(monkeypatch, importlib.import_module(module), name)
+    pytorch = count_calls(monkeypatch, backend.OPS[op].implementations, backend.TORCH)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         with pytest.raises(error, match=match):
@@ -208,8 +209,7 @@ def test_a_second_launch_failing_leaves_the_weight_as_pytorch_would(monkeypatch,
     coeffs, keys = [0.5, -1.0, 0.25, 2.0, -0.75, 1.5], [11, 12, 13, 14, 15, 16]
     start = torch.randn(1000, device=DEVICE)
     expected = backend.implementation("gaussian_add", backend.TORCH)(start.clone(), coeffs, keys, 0.9)
-    entries = importlib.import_module("lorenza.ops.perturb")
-    pytorch = count_calls(monkeypatch, entries, "pytorch_gaussian_add_")
+    pytorch = count_calls(monkeypatch, backend.OPS["gaussian_add"].implementations, backend.TORCH)
     perturb = importlib.import_module("lorenza.kernels.perturb")
     launches = watch_launches(monkeypatch, perturb._gaussian_kernel, error, on=2)
     weight = start.clone()
@@ -223,8 +223,13 @@ def test_a_second_launch_failing_leaves_the_weight_as_pytorch_would(monkeypatch,
     assert "_gaussian_kernel" in message and WHERE in message and f"({type(error).__name__}: " in message
 
 
+# every op with a Triton kernel, in each storage form of its moments
+CASES = ("noise", "gaussian_add", "low_rank_add", "subspace_add", "projected_adam", "projected_adam-8bit", "adam",
+         "adam-8bit")
+
+
 def _case(op):
-    """``(tensors, call)``: fresh seeded tensors an ``op`` call may write, and that call on them."""
+    """``(tensors, call)``: fresh seeded tensors a call of case ``op`` may write, and that call on them."""
     gen = torch.Generator().manual_seed(2)
 
     def randn(*shape):
@@ -244,14 +249,14 @@ def _case(op):
         return ([randn(24, 40), randn(4, 40), randn(4, 40).abs()],
                 lambda t: ops.projected_adam_(t[0], grad, t[1], t[2], projection, scale=0.25, residual=True,
                                               **HYPER))
-    if op == "projected_adam8":
+    if op == "projected_adam-8bit":
         grad = randn(24, 40)
         return ([randn(24, 40), *codes8(randn(4, 40), True), *codes8(randn(4, 40).abs(), False)],
                 lambda t: ops.projected_adam_(t[0], grad, Blockwise8(*t[1:3]), Blockwise8(*t[3:]), projection,
                                               scale=0.25, residual=True, **HYPER))
     shapes = [(7,), (5, 3)] if op == "adam" else [(7,), (300, 3)]
     grads = [randn(*s) for s in shapes]
-    if op == "adam8":  # each parameter, then its moments' codes and maxima
+    if op == "adam-8bit":  # each parameter, then its moments' codes and maxima
         tensors = [randn(*s) for s in shapes]
         for s in shapes:
             tensors += [*codes8(randn(*s), True), *codes8(randn(*s).abs(), False)]
@@ -270,24 +275,29 @@ def codes8(values, signed) -> list:
     return [codes, absmax]
 
 
-@pytest.mark.parametrize("op", [op for op, impls in backend.OPS.items() if backend.TRITON in impls])
-def test_every_write_of_an_op_is_put_back(monkeypatch, op):
-    """backend.WRITES names every tensor an op writes: a failure after the whole Triton implementation
-    ran leaves what one run of the PyTorch implementation leaves."""
+def test_the_write_cases_cover_every_op_with_a_triton_kernel():
+    assert {case.split("-")[0] for case in CASES} == {
+        op for op, declared in backend.OPS.items() if backend.TRITON in declared.implementations}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_write_of_an_op_is_put_back(monkeypatch, case):
+    """An op's declared ``writes`` name every tensor it writes: a failure after the whole Triton
+    implementation ran leaves what one run of the PyTorch implementation leaves."""
+    op = case.split("-")[0]
     triton_under_auto(monkeypatch, op)
-    module, name = backend.OPS[op][backend.TRITON].split(":")
-    module = importlib.import_module(module)
-    kernel = getattr(module, name)
-    monkeypatch.setattr(module, name, backend.implementation(op, backend.TORCH))
-    expected, call = _case(op)
+    implementations = backend.OPS[op].implementations
+    kernel = implementations[backend.TRITON]
+    monkeypatch.setitem(implementations, backend.TRITON, implementations[backend.TORCH])
+    expected, call = _case(case)
     call(expected)
     fallback.reset()
 
     def ran_then_failed(*args, **kwargs):
         kernel(*args, **kwargs)
         raise CompilationError(None, None, "injected after the kernel ran")
-    monkeypatch.setattr(module, name, ran_then_failed)
-    got, call = _case(op)
+    monkeypatch.setitem(implementations, backend.TRITON, ran_then_failed)
+    got, call = _case(case)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         call(got)

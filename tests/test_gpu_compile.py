@@ -1,7 +1,7 @@
 """The Triton kernels compile for the GPUs users have (sm_80 and sm_90), from this CPU: every kernel
 at every setting the launch heuristic picks for LLaMA 60M-7B shapes (a covering subset: each setting
 at least once), within the target's shared memory and without register spills
-(lorenza.testing.gpu_compile; the full table is ``python -m bench``'s "GPU compile" section)."""
+(bench/kernel_compiles.py; the full table is ``python -m bench``'s "GPU compile" section)."""
 import importlib.util
 import os
 import subprocess
@@ -9,9 +9,9 @@ import sys
 import textwrap
 
 import pytest
-from conftest import requires_triton
+from conftest import ROOT, import_from_checkout, requires_triton
 
-from lorenza.testing import gpu_compile
+gpu_compile = import_from_checkout(".", "bench.kernel_compiles")
 
 CAN_COMPILE = all(importlib.util.find_spec(name) for name in ("triton.backends.nvidia", "triton.knobs"))
 pytestmark = [requires_triton, pytest.mark.skipif(
@@ -54,7 +54,7 @@ def test_problems_names_a_compile_error_too_much_shared_memory_and_a_spill():
 def test_a_kernel_that_does_not_compile_raises(tmp_path):
     script = textwrap.dedent("""
         import torch, triton, triton.language as tl
-        from lorenza.testing.gpu_compile import Launch, compile_for
+        from bench.kernel_compiles import Launch, compile_for
 
         @triton.jit
         def broken_kernel(x_ptr, BLOCK: tl.constexpr):
@@ -67,6 +67,7 @@ def test_a_kernel_that_does_not_compile_raises(tmp_path):
     """)
     (tmp_path / "broken.py").write_text(script)  # Triton reads a kernel's source from its file
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))  # bench
     done = subprocess.run([sys.executable, str(tmp_path / "broken.py")], capture_output=True, text=True,
                           timeout=300, env=env)
     assert done.stdout.strip() == "CompilationError", done.stderr[-2000:]

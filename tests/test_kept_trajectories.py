@@ -33,11 +33,11 @@ def model_and_data():
 
 
 def projected(kind, **kw):
-    return lambda m: kind(lorenza.param_groups(m, rank=5, update_gap=2), lr=1e-2, seed=3, **kw)
+    return lambda m, **more: kind(lorenza.param_groups(m, rank=5, update_gap=2), lr=1e-2, seed=3, **kw, **more)
 
 
 def whole(kind, **kw):
-    return lambda m: kind(m.parameters(), seed=3, **kw)
+    return lambda m, **more: kind(m.parameters(), seed=3, **kw, **more)
 
 
 OPTIMIZERS = {
@@ -61,25 +61,43 @@ OPTIMIZERS = {
 CLOSURE = ("Lorenza", "AdaZoSAM", "MeZO", "LOZO", "AdaZeta")  # name prefixes of step(closure) optimizers
 
 
-def run(name: str, backend: str, monkeypatch) -> dict:
-    """The weights and every tensor of the state after STEPS steps of ``name`` on ``backend``."""
-    monkeypatch.setenv("LORENZA_BACKEND", backend)
-    model, x, y = model_and_data()
-    opt = OPTIMIZERS[name](model)
+class Run:
+    """One optimizer form training its own copy of the model; ``backend`` is the optimizer's keyword
+    (None: LORENZA_BACKEND decides)."""
 
-    def loss():
-        return torch.nn.functional.mse_loss(model(x), y)
-    for _ in range(STEPS):
-        if name.startswith(CLOSURE):
-            opt.step(loss)
+    def __init__(self, name: str, backend: str = None):
+        self.name = name
+        self.model, self.x, self.y = model_and_data()
+        self.opt = OPTIMIZERS[name](self.model) if backend is None else \
+            OPTIMIZERS[name](self.model, backend=backend)
+
+    def loss(self):
+        return torch.nn.functional.mse_loss(self.model(self.x), self.y)
+
+    def step(self) -> None:
+        if self.name.startswith(CLOSURE):
+            self.opt.step(self.loss)
         else:
-            opt.zero_grad()
-            loss().backward()
-            opt.step()
-    kept = {f"param.{i}": p.detach() for i, p in enumerate(model.parameters())}
-    for i, state in enumerate(opt.state.values()):
-        kept.update((f"state.{i}.{key}", value) for key, value in sorted(state.items()) if torch.is_tensor(value))
-    return {key: fingerprint(value) for key, value in kept.items()}
+            self.opt.zero_grad()
+            self.loss().backward()
+            self.opt.step()
+
+    def fingerprints(self) -> dict:
+        """The weights and every tensor of the state."""
+        kept = {f"param.{i}": p.detach() for i, p in enumerate(self.model.parameters())}
+        for i, state in enumerate(self.opt.state.values()):
+            kept.update((f"state.{i}.{key}", value) for key, value in sorted(state.items())
+                        if torch.is_tensor(value))
+        return {key: fingerprint(value) for key, value in kept.items()}
+
+
+def run(name: str, backend: str, monkeypatch) -> dict:
+    """The fingerprints after STEPS steps of ``name`` under ``LORENZA_BACKEND=backend``."""
+    monkeypatch.setenv("LORENZA_BACKEND", backend)
+    trained = Run(name)
+    for _ in range(STEPS):
+        trained.step()
+    return trained.fingerprints()
 
 
 def fingerprint(tensor: torch.Tensor) -> list:
@@ -109,6 +127,29 @@ def test_the_kept_trajectory_bit_for_bit(name, backend, kept, monkeypatch):
             pytest.fail(f"{name} on {backend}: {key} differs from the kept run (its sum {got[key][3]!r}, "
                         f"kept {total!r})")
     assert got["param.0"] != fingerprint(model_and_data()[0][0].weight)  # the run moved
+
+
+@requires_ext
+@requires_triton
+@pytest.mark.interpreter
+@pytest.mark.parametrize("name", ["LowRankAdamW-per-layer", "Lorenza"])
+def test_two_optimizers_in_one_process_keep_their_own_backend(name, kept, monkeypatch):
+    """``backend=`` wins over LORENZA_BACKEND, and two optimizers stepping in turn each keep theirs
+    (the per-layer one in its backward hooks too)."""
+    monkeypatch.setenv("LORENZA_BACKEND", "torch")
+    runs = {backend: Run(name, backend) for backend in ("cpp", "triton")}
+    for _ in range(STEPS):
+        for trained in runs.values():
+            trained.step()
+    for backend, trained in runs.items():
+        assert trained.fingerprints() == kept[f"{name}/{backend}"], backend
+
+
+def test_a_backend_keyword_outside_the_choices_is_refused():
+    model, _, _ = model_and_data()
+    with pytest.raises(ValueError, match="backend='gpu' is not one of auto, torch, cuda, cpp, triton"):
+        LowRankAdamW(model.parameters(), backend="gpu")
+
 
 
 if __name__ == "__main__":  # rewrite the kept file from the code as it is

@@ -76,8 +76,36 @@ def test_optimizers_reach_implementations_only_through_the_op_layer(path):
 @requires_triton
 def test_the_op_table_names_functions_that_exist():
     from lorenza.ops import backend
-    for op, implementations in backend.OPS.items():
-        assert backend.TORCH in implementations, op
-        for name in implementations:
+    for op, declared in backend.OPS.items():
+        assert backend.TORCH in declared.implementations, op
+        for name in declared.implementations:
             if name != backend.EXT or backend.ext() is not None:
                 assert callable(backend.implementation(op, name)), (op, name)
+
+
+MOST_CLASSES_BELOW_OPTIMIZER = 3  # the public class, at most one shared base, LorenzaOptimizer
+
+
+def classes_below_optimizer(cls) -> list:
+    """The classes of ``cls``'s chain down from it to ``torch.optim.Optimizer`` (itself included, the
+    Optimizer and what is above it not)."""
+    import torch
+    return [c for c in cls.__mro__ if issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer]
+
+
+def test_the_depth_count_sees_a_deep_chain():
+    import torch
+
+    class Deep(lorenza.LowRankAdamW):
+        pass
+
+    class Deeper(Deep):
+        pass
+    assert classes_below_optimizer(torch.optim.AdamW) == [torch.optim.AdamW, torch.optim.Adam]
+    assert len(classes_below_optimizer(Deeper)) == len(classes_below_optimizer(lorenza.LowRankAdamW)) + 2
+
+
+@pytest.mark.parametrize("name", lorenza.optim.__all__)
+def test_every_public_optimizer_is_at_most_three_classes_below_torch_optim(name):
+    chain = classes_below_optimizer(getattr(lorenza, name))
+    assert len(chain) <= MOST_CLASSES_BELOW_OPTIMIZER, " -> ".join(c.__name__ for c in chain)

@@ -54,7 +54,8 @@ def test_without_the_extension_everything_runs_on_the_reference():
 
 
 def test_explicit_backend_that_cannot_run_raises(monkeypatch):
-    monkeypatch.setitem(backend.OPS, "kernel_under_test", {backend.TRITON: "lorenza.kernels.philox:normal_"})
+    under_test = backend.Op("kernel_under_test", {backend.TRITON: None}, (), lambda args, kwargs: False)
+    monkeypatch.setitem(backend.OPS, "kernel_under_test", under_test)
     monkeypatch.setenv("LORENZA_BACKEND", "triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(backend.BackendUnavailable, match="TRITON_INTERPRET=1"):

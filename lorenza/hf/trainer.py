@@ -8,10 +8,6 @@ from torch import nn
 from transformers.trainer_utils import check_target_module_exists
 
 from ..optim.base import LorenzaOptimizer
-from ..optim.projected import ProjectedOptimizer
-from ..optim.per_layer import PerLayerOptimizer
-from ..optim.sam import ZerothOrderSAM
-from ..optim.zeroth_order import ZerothOrderOptimizer
 from ..param_groups import param_groups
 
 PROJECTION_KEYS = ("rank", "update_gap", "scale")
@@ -34,7 +30,7 @@ def hyperparameters(cls, args) -> dict:
 
 def _projects(cls, kwargs: dict) -> bool:
     """Whether ``cls`` (with ``kwargs``) projects weights: a projected optimizer with a rank."""
-    return issubclass(cls, ProjectedOptimizer) and kwargs.get("rank", _defaults(cls).get("rank")) is not None
+    return cls.projects_weights and kwargs.get("rank", _defaults(cls).get("rank")) is not None
 
 
 def _targets(model: nn.Module, target_modules) -> set:
@@ -71,9 +67,6 @@ def model_param_groups(cls, model: nn.Module, kwargs: dict, decay_names, target_
     return [group for group in made if group["params"]]
 
 
-CLOSURE_OPTIMIZERS = (ZerothOrderSAM, ZerothOrderOptimizer)  # step(closure) only
-
-
 class Trainer(transformers.Trainer):
     """``transformers.Trainer`` for lorenza's optimizers: with
     ``optimizer_cls_and_kwargs=(lorenza.<Optimizer>, {...})`` it builds the param groups from the
@@ -107,11 +100,11 @@ class Trainer(transformers.Trainer):
             self.optimizer = cls(groups, **kwargs)
         else:  # Trainer's own, or one given built in ``optimizers=(optimizer, scheduler)``
             super().create_optimizer(model)
-        if isinstance(self.optimizer, CLOSURE_OPTIMIZERS) and self._closure_optimizer is not self.optimizer:
+        needs_closure = getattr(self.optimizer, "needs_closure", False)
+        if needs_closure and self._closure_optimizer is not self.optimizer:
             self._hold_micro_batches(self.optimizer)
         # a SAM step's backward runs inside it, and so does its clipping (_clip_sam_gradient)
-        if (isinstance(self.optimizer, PerLayerOptimizer) and self.optimizer.per_layer
-                and not isinstance(self.optimizer, CLOSURE_OPTIMIZERS)):
+        if getattr(self.optimizer, "clips_own_gradients", False) and not needs_closure:
             self._per_layer_optimizer = self.optimizer
         return self.optimizer
 
@@ -130,7 +123,7 @@ class Trainer(transformers.Trainer):
                 self._tr_loss += loss.detach().to(self._tr_loss.device)
             return loss
         optimizer.step = step_with_micro_batches
-        if isinstance(optimizer, ZerothOrderSAM):
+        if optimizer.backward_in_step:
             self._step_grad_norm = torch.zeros((), device=self.args.device)
             optimizer.register_gradient_hook(self._clip_sam_gradient)
 
@@ -138,7 +131,7 @@ class Trainer(transformers.Trainer):
         """Clip the SAM gradient, the one the update uses, to ``args.max_grad_norm`` (when above 0),
         and record its norm before clipping for the log."""
         limit = self.args.max_grad_norm if (self.args.max_grad_norm or 0) > 0 else float("inf")
-        if optimizer.per_layer:  # its projected weights' gradients are in its accumulators
+        if optimizer.clips_own_gradients:  # its projected weights' gradients are in its accumulators
             norm = optimizer.clip_grad_norm_(limit)
         else:
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -163,8 +156,8 @@ class Trainer(transformers.Trainer):
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
         """A zeroth-order step's ``grad_norm`` is its estimate's (regenerated from the noise keys:
         worth it on the steps that log only)."""
-        if (isinstance(self._closure_optimizer, ZerothOrderOptimizer) and self.control.should_log
-                and self.state.global_step > self._globalstep_last_logged):
+        if (self._closure_optimizer is not None and not self._closure_optimizer.backward_in_step
+                and self.control.should_log and self.state.global_step > self._globalstep_last_logged):
             grad_norm = self._closure_optimizer.estimate_norm()
         return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 

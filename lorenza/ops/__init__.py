@@ -1,5 +1,5 @@
 """The op layer: one entry per op, each checking its arguments and then running the implementation
-that ``backend.OPS`` (the one table) picks for the tensors' device: a Triton kernel
+that the op, declared next to its entry (``backend.declare``), picks for the tensors' device: a Triton kernel
 (``lorenza.kernels``), the compiled ``lorenza._C``, or the PyTorch reference (``lorenza.reference``).
 
 The optimizers reach the implementations only through these entries (the public modules
@@ -7,7 +7,7 @@ The optimizers reach the implementations only through these entries (the public 
 subspace products and the precision rule, the projector takes from the reference directly.
 """
 from .adam import adam_, projected_adam_
-from .backend import BackendUnavailable, resolve
+from .backend import BackendUnavailable, checked_choice, chosen, resolve
 from .linalg import rsvd
 from .noise import chunks, combination, norm_sq, normal_, randn
 from .perturb import gaussian_add_, low_rank_add_, subspace_add_
@@ -22,4 +22,4 @@ def check_backend(op: str, device) -> str:
 
 __all__ = ["rsvd", "normal_", "randn", "chunks", "combination", "norm_sq", "gaussian_add_", "low_rank_add_",
            "subspace_add_", "projected_adam_", "adam_", "quantize8_", "dequantize8", "check_backend",
-           "BackendUnavailable"]
+           "chosen", "checked_choice", "BackendUnavailable"]

@@ -1,6 +1,7 @@
-"""Which implementation runs each op: the one table, the choice, and the call.
+"""Which implementation runs each op: the ops as their modules declare them, the choice, and the call.
 
-``LORENZA_BACKEND`` selects it for every op:
+``LORENZA_BACKEND`` selects it for every op, unless an optimizer's ``backend=`` keyword chose one for
+the ops of its step (:func:`chosen`):
 
 - ``auto`` (default): Triton for tensors on a CUDA device when the op has a Triton kernel and Triton
   imports; else the compiled ``lorenza._C`` implementation when it is built for that device; else
@@ -19,10 +20,12 @@ An explicit choice that cannot be honoured raises :class:`BackendUnavailable` sa
 that has no implementation on the chosen backend resolves as under ``auto``. Nothing here imports
 Triton or initialises CUDA until an op is actually resolved.
 """
+import contextlib
 import functools
 import importlib
 import importlib.util
 import os
+import threading
 import warnings
 
 import torch
@@ -32,50 +35,75 @@ from . import fallback
 CHOICES = ("auto", "torch", "cuda", "cpp", "triton")
 TORCH, EXT, TRITON = "torch", "ext", "triton"
 
-# op -> {backend: "module:function"}. Every op has its PyTorch implementation; the modules are
-# imported when the op first runs there. "ext" is lorenza._C (ext.py). The perturbations' PyTorch
-# implementation is the reference's loop fed by the noise op (perturb.py), so it makes its noise
-# with lorenza._C where the noise op runs there, and is the pure reference under
-# LORENZA_BACKEND=torch.
-OPS = {
-    "rsvd": {EXT: "lorenza.ops.ext:rsvd", TORCH: "lorenza.reference.rsvd:rsvd"},
-    "noise": {TRITON: "lorenza.kernels.philox:normal_", EXT: "lorenza.ops.ext:normal_",
-              TORCH: "lorenza.reference.philox:normal_"},
-    "gaussian_add": {TRITON: "lorenza.kernels.perturb:gaussian_add_",
-                     TORCH: "lorenza.ops.perturb:pytorch_gaussian_add_"},
-    "low_rank_add": {TRITON: "lorenza.kernels.perturb:low_rank_add_",
-                     TORCH: "lorenza.ops.perturb:pytorch_low_rank_add_"},
-    "subspace_add": {TRITON: "lorenza.kernels.perturb:subspace_add_",
-                     TORCH: "lorenza.ops.perturb:pytorch_subspace_add_"},
-    "projected_adam": {TRITON: "lorenza.kernels.projected_adam:projected_adam_",
-                       TORCH: "lorenza.reference.adam:projected_adam_"},
-    "adam": {TRITON: "lorenza.kernels.projected_adam:adam_",
-             TORCH: "lorenza.reference.multi_tensor_adam:adam_"},
-    "projected_adam8": {TRITON: "lorenza.kernels.adam8:projected_adam8_",
-                        TORCH: "lorenza.reference.adam8:projected_adam8_"},
-    "adam8": {TRITON: "lorenza.kernels.adam8:adam8_", TORCH: "lorenza.reference.adam8:adam8_"},
-    "quantize8": {TORCH: "lorenza.reference.blockwise8:quantize_"},
-    "dequantize8": {TORCH: "lorenza.reference.blockwise8:dequantize"},
-}
 
-# op -> the positional arguments its implementations write in place (a tensor, or a list of
-# tensors), which fallback.py saves before a Triton kernel first runs for a configuration. The
-# noise op only fills its output, which the PyTorch fallback fills again: nothing to save.
-WRITES = {"rsvd": (), "noise": (), "gaussian_add": (0,), "low_rank_add": (0,), "subspace_add": (0,),
-          "projected_adam": (0, 2, 3), "adam": (0, 2, 3),
-          "projected_adam8": (0, 2, 3, 4, 5), "adam8": (0, 2, 3, 4, 5), "quantize8": (0, 1),
-          "dequantize8": ()}
+
+class Op:
+    """An op: its implementations (backend -> function), the positional arguments they write in
+    place (a tensor, or a list or tuple of tensors or of moments made of tensors), which
+    ``fallback`` saves before a Triton kernel first runs for a configuration, and ``torch_only``:
+    ``(args, kwargs) -> bool``, the calls only the PyTorch implementation takes, whatever the
+    backend (a sharded tensor, a stream offset)."""
+
+    def __init__(self, name: str, implementations: dict, writes: tuple, torch_only):
+        self.name, self.implementations, self.writes, self.torch_only = name, implementations, writes, torch_only
+
+    def __call__(self, device, *args, **kwargs):
+        return call(self.name, device, *args, **kwargs)
+
+
+OPS = {}  # op name -> Op, filled as each op's module declares its own (lorenza/ops/*.py)
+
+
+def declare(name: str, *, torch, triton=None, ext=None, writes=(), torch_only=None) -> Op:
+    """Declare op ``name`` next to its entry: its PyTorch implementation, its Triton and compiled
+    ones if any (functions that import their module when first called, so that nothing loads
+    Triton or ``lorenza._C`` before an op runs there), what it writes in place and the calls only
+    PyTorch takes. Returns the op; calling it runs the backend chosen for a device."""
+    implementations = {TORCH: torch, **({TRITON: triton} if triton else {}), **({EXT: ext} if ext else {})}
+    OPS[name] = Op(name, implementations, tuple(writes), torch_only or (lambda args, kwargs: False))
+    return OPS[name]
 
 
 class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run an op."""
 
 
+_chosen = threading.local()  # .choice: what the innermost ``chosen`` block asks for, in this thread
+
+
+def checked_choice(choice, where: str = "backend") -> str:
+    """``choice`` (one of CHOICES, any case) as the table names it: ``cuda`` and ``cpp`` are ``ext``."""
+    normal = choice.strip().lower() if isinstance(choice, str) else choice
+    if normal not in CHOICES and normal != EXT:  # EXT: a choice checked already
+        raise ValueError(f"{where}={choice!r} is not one of {', '.join(CHOICES)}")
+    return EXT if normal in ("cuda", "cpp") else normal
+
+
+@contextlib.contextmanager
+def chosen(choice):
+    """Run the ops called inside on ``choice`` (one of CHOICES) rather than ``LORENZA_BACKEND``'s;
+    ``None`` leaves the environment's choice. An optimizer's step runs inside its ``backend=``."""
+    if choice is None:
+        yield
+        return
+    previous = getattr(_chosen, "choice", None)
+    _chosen.choice = checked_choice(choice)
+    try:
+        yield
+    finally:
+        _chosen.choice = previous
+
+
+def _source() -> str:
+    """Where the explicit choice in force comes from, for messages."""
+    return "backend" if getattr(_chosen, "choice", None) is not None else "LORENZA_BACKEND"
+
+
 def requested() -> str:
-    choice = os.environ.get("LORENZA_BACKEND", "auto").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise ValueError(f"LORENZA_BACKEND={choice!r} is not one of {', '.join(CHOICES)}")
-    return EXT if choice in ("cuda", "cpp") else choice
+    choice = getattr(_chosen, "choice", None)
+    if choice is not None:
+        return choice
+    return checked_choice(os.environ.get("LORENZA_BACKEND", "auto").strip() or "auto", "LORENZA_BACKEND")
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,12 +161,12 @@ def _why_not(backend: str, op: str, device: torch.device):
 def _explicit(op: str):
     """The requested backend if it applies to ``op``; ops that lack it resolve as under auto."""
     choice = requested()
-    return choice if choice == TORCH or choice in OPS[op] else None
+    return choice if choice == TORCH or choice in OPS[op].implementations else None
 
 
 def _auto_candidates(op: str, device: torch.device) -> list:
     """What ``auto`` tries before the reference: Triton only for CUDA tensors."""
-    return [b for b in ((TRITON,) if device.type == "cuda" else ()) + (EXT,) if b in OPS[op]]
+    return [b for b in ((TRITON,) if device.type == "cuda" else ()) + (EXT,) if b in OPS[op].implementations]
 
 
 def explain(op: str, device) -> tuple:
@@ -146,7 +174,7 @@ def explain(op: str, device) -> tuple:
     device = torch.device(device)
     choice = _explicit(op)
     if choice is not None:
-        return choice, _why_not(choice, op, device) or f"LORENZA_BACKEND={choice}"
+        return choice, _why_not(choice, op, device) or f"{_source()}={choice}"
     failed = fallback.failure(op, device.type)
     if failed is not None:  # its Triton kernel failed here before: no retry
         return TORCH, failed
@@ -165,7 +193,7 @@ def resolve(op: str, device) -> str:
     backend, reason = explain(op, device)
     if _explicit(op) is not None:
         if _why_not(backend, op, device) is not None:
-            raise BackendUnavailable(f"LORENZA_BACKEND={backend} cannot run {op} on {device.type}: {reason}")
+            raise BackendUnavailable(f"{_source()}={backend} cannot run {op} on {device.type}: {reason}")
     elif backend == TORCH and _auto_candidates(op, device):  # a faster backend was skipped
         _warn_fallback(op, device.type, reason)
     return backend
@@ -178,19 +206,21 @@ def _warn_fallback(op: str, device_type: str, reason: str):
 
 def implementation(op: str, backend: str):
     """The function that runs ``op`` on ``backend`` (looked up at each call, so a test may wrap it)."""
-    module, name = OPS[op][backend].split(":")
-    return getattr(importlib.import_module(module), name)
+    return OPS[op].implementations[backend]
 
 
 def call(op: str, device, *args, **kwargs):
-    """Run ``op`` on the backend chosen for tensors on ``device``; under ``auto``, a Triton kernel that
-    fails is undone and the op runs on the PyTorch reference (fallback.py)."""
+    """Run ``op`` on the backend chosen for tensors on ``device`` (PyTorch for a call its declaration
+    routes there); under ``auto``, a Triton kernel that fails is undone and the op runs on the
+    PyTorch reference (fallback.py)."""
+    if OPS[op].torch_only(args, kwargs):
+        return implementation(op, TORCH)(*args, **kwargs)
     device = torch.device(device)
     backend = resolve(op, device)
     run = implementation(op, backend)
     if backend != TRITON or _explicit(op) is not None:
         return run(*args, **kwargs)
-    result = fallback.attempt(op, device, run, WRITES[op], args, kwargs)
+    result = fallback.attempt(op, device, run, OPS[op].writes, args, kwargs)
     if result is not fallback.FAILED:
         return result
     _warn_fallback(op, device.type, fallback.failure(op, device.type))  # resolve repeats it: cached

@@ -7,7 +7,7 @@ inside Triton (its launcher, the driver at load or launch); an argument error (V
 TypeError), running out of memory or an error of lorenza's own code is not, and propagates. A fault
 the GPU reports after the launch has returned (asynchronously) cannot be caught here. Until a kernel has run once for a configuration (what decides which Triton
 specializations it compiles, :func:`configuration`), the tensors the op writes in place
-(``backend.WRITES``) are copied to host memory before the call: an op may launch several kernels,
+(the op's declared ``writes``) are copied to host memory before the call: an op may launch several kernels,
 and one that fails to compile after another wrote the moments must not leave them half-updated.
 After that first run nothing is copied: a specialization that compiled and launched once does not
 fail later.
@@ -103,8 +103,8 @@ def _specialization_of(value):
     None's value; nothing of a float."""
     if isinstance(value, torch.Tensor):
         return (value.dtype, value.device, tuple(value.shape), value.stride(), value.data_ptr() % 16 == 0)
-    if isinstance(value, (list, tuple)):
-        return (len(value), tuple(_specialization_of(m) for m in value if isinstance(m, torch.Tensor)))
+    if isinstance(value, (list, tuple)):  # a list of tensors, a moment made of tensors, a list of those
+        return (len(value), tuple(_specialization_of(m) for m in value if isinstance(m, (torch.Tensor, list, tuple))))
     if isinstance(value, (bool, str, type(None))):
         return value
     if isinstance(value, int):
@@ -114,11 +114,18 @@ def _specialization_of(value):
     return repr(value)  # nothing else reaches the kernels today: its value, to be safe
 
 
+def _tensors_in(value) -> list:
+    """The tensors of an argument: itself, or those of a list or tuple (of moments made of tensors)."""
+    if isinstance(value, (list, tuple)):
+        return [t for member in value for t in _tensors_in(member)]
+    return [value]
+
+
 def save(args, written):
     """``[(tensor, copy)]`` for the tensors at the positions ``written`` of ``args``, the copies in
     host memory (a first step must not need more GPU memory than the others), or None when they do
     not fit (the kernel then runs unguarded)."""
-    tensors = [t for i in written for t in (args[i] if isinstance(args[i], (list, tuple)) else [args[i]])]
+    tensors = [t for i in written for t in _tensors_in(args[i])]
     try:
         return [(tensor, tensor.detach().to("cpu", copy=True)) for tensor in tensors]
     except RuntimeError:  # the host's allocator is out of memory

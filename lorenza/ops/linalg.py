@@ -2,8 +2,17 @@
 ``lorenza::rsvd`` when built, else the PyTorch reference)."""
 import torch
 
+from ..reference import rsvd as reference
 from . import backend
 from .keys import Stream, draw_seed, stream_key
+
+
+def _compiled_rsvd(A, rank, oversample, power_iters, key, allow_tf32=False):
+    from . import ext
+    return ext.rsvd(A, rank, oversample, power_iters, key, allow_tf32)
+
+
+RSVD = backend.declare("rsvd", torch=reference.rsvd, ext=_compiled_rsvd)
 
 
 def check_rsvd_args(A, rank, oversample, power_iters) -> None:
@@ -45,4 +54,4 @@ def rsvd(A: torch.Tensor, rank: int, oversample: int = 8, power_iters: int = 2, 
     if seed is not None and generator is not None:
         raise ValueError("rsvd: pass seed or generator, not both")
     key = rsvd_key(draw_seed(generator) if seed is None else seed)
-    return backend.call("rsvd", A.device, A, rank, oversample, power_iters, key, allow_tf32)
+    return RSVD(A.device, A, rank, oversample, power_iters, key, allow_tf32)

@@ -3,7 +3,22 @@ build from it (a tensor of noise, weighted sums of streams) with the chosen back
 import torch
 
 from ..reference import noise as composed
+from ..reference import philox
 from . import backend
+
+
+def _triton_normal_(out, key, start=0):
+    from ..kernels import philox as kernel
+    return kernel.normal_(out, key, start)
+
+
+def _compiled_normal_(out, key, start=0):
+    from . import ext
+    return ext.normal_(out, key, start)
+
+
+# the noise op only fills its output, which the PyTorch fallback fills again: nothing to save
+NOISE = backend.declare("noise", torch=philox.normal_, triton=_triton_normal_, ext=_compiled_normal_)
 
 
 def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
@@ -11,7 +26,7 @@ def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
     if out.dtype != torch.float32 or not out.is_contiguous():
         raise TypeError(f"normal_ fills a contiguous float32 tensor, got {out.dtype} "
                         f"{'contiguous' if out.is_contiguous() else 'non-contiguous'}")
-    backend.call("noise", out.device, out, key, start)
+    NOISE(out.device, out, key, start)
     return out
 
 

@@ -8,12 +8,40 @@ from ..reference import perturb as reference
 from . import backend
 from .noise import nonzero_terms, normal_
 
-# Their PyTorch implementations (the table's "torch" column): the reference's loops with the noise
-# of the noise op, whose backend is chosen on its own (the compiled Philox on the CPU when built:
-# making the noise is what these loops spend their time on).
+# Their PyTorch implementations: the reference's loops with the noise of the noise op, whose backend
+# is chosen on its own (the compiled Philox on the CPU when built: making the noise is what these
+# loops spend their time on).
 pytorch_gaussian_add_ = functools.partial(reference.gaussian_add_, fill=normal_)
 pytorch_low_rank_add_ = functools.partial(reference.low_rank_add_, fill=normal_)
 pytorch_subspace_add_ = functools.partial(reference.subspace_add_, fill=normal_)
+
+
+def _triton_gaussian_add_(*args, **kwargs):
+    from ..kernels import perturb as kernels
+    return kernels.gaussian_add_(*args, **kwargs)
+
+
+def _triton_low_rank_add_(*args, **kwargs):
+    from ..kernels import perturb as kernels
+    return kernels.low_rank_add_(*args, **kwargs)
+
+
+def _triton_subspace_add_(*args, **kwargs):
+    from ..kernels import perturb as kernels
+    return kernels.subspace_add_(*args, **kwargs)
+
+
+def _starts_inside_the_stream(args, kwargs) -> bool:
+    """A shard's noise starts at an offset (``first``): only the PyTorch loop takes one."""
+    return kwargs.get("first", 0) != 0
+
+
+GAUSSIAN_ADD = backend.declare("gaussian_add", torch=pytorch_gaussian_add_, triton=_triton_gaussian_add_,
+                               writes=(0,), torch_only=_starts_inside_the_stream)
+LOW_RANK_ADD = backend.declare("low_rank_add", torch=pytorch_low_rank_add_, triton=_triton_low_rank_add_,
+                               writes=(0,))
+SUBSPACE_ADD = backend.declare("subspace_add", torch=pytorch_subspace_add_, triton=_triton_subspace_add_,
+                               writes=(0,), torch_only=_starts_inside_the_stream)
 
 
 @torch.no_grad()
@@ -28,10 +56,7 @@ def gaussian_add_(tensor: torch.Tensor, coeffs, keys, scale: float = 1.0, *, fir
     if not tensor.is_contiguous():
         raise ValueError("add_randn_ needs a contiguous tensor")
     coeffs, keys = nonzero_terms(coeffs, keys)
-    if first:
-        pytorch_gaussian_add_(tensor, coeffs, keys, scale, first=first)
-    else:
-        backend.call("gaussian_add", tensor.device, tensor, coeffs, keys, scale)
+    GAUSSIAN_ADD(tensor.device, tensor, coeffs, keys, scale, **({"first": first} if first else {}))
     return tensor
 
 
@@ -42,7 +67,7 @@ def low_rank_add_(weight: torch.Tensor, alpha: float, scale: float, rank: int, k
     ``L`` is ``left`` (``m x rank``) if given, else ``U``, the stream ``key_u``."""
     if (key_u is None) == (left is None):
         raise ValueError("low_rank_add_ takes exactly one of key_u and left")
-    backend.call("low_rank_add", weight.device, weight, alpha, scale, rank, key_v, key_u=key_u, left=left)
+    LOW_RANK_ADD(weight.device, weight, alpha, scale, rank, key_v, key_u=key_u, left=left)
     return weight
 
 
@@ -56,8 +81,6 @@ def subspace_add_(weight: torch.Tensor, projection, coeffs, keys, scale: float =
     coeffs, keys = nonzero_terms(coeffs, keys)
     args = (weight.view(projection.folded), projection.basis, projection.side, projection.lift_scale, coeffs,
             keys, scale)
-    if projection.noise_start:
-        pytorch_subspace_add_(*args, first=projection.noise_start)
-    else:
-        backend.call("subspace_add", weight.device, *args)
+    first = projection.noise_start
+    SUBSPACE_ADD(weight.device, *args, **({"first": first} if first else {}))
     return weight

@@ -6,8 +6,12 @@ from typing import NamedTuple
 
 import torch
 
+from ..reference import blockwise8
 from ..reference.blockwise8 import BLOCK, blocks, zero_code
 from . import backend
+
+QUANTIZE8 = backend.declare("quantize8", torch=blockwise8.quantize_, writes=(0, 1))
+DEQUANTIZE8 = backend.declare("dequantize8", torch=blockwise8.dequantize)
 
 
 class Blockwise8(NamedTuple):
@@ -21,13 +25,13 @@ class Blockwise8(NamedTuple):
 def quantize8_(codes: torch.Tensor, absmax: torch.Tensor, values: torch.Tensor, signed: bool) -> None:
     """Store ``values`` in ``codes`` (uint8, as many elements) and ``absmax`` (float32, one per block
     of ``BLOCK``), in place, with the signed or the unsigned map."""
-    backend.call("quantize8", values.device, codes, absmax, values, signed)
+    QUANTIZE8(values.device, codes, absmax, values, signed)
 
 
 @torch.no_grad()
 def dequantize8(codes: torch.Tensor, absmax: torch.Tensor, signed: bool, dtype=torch.float32) -> torch.Tensor:
     """The values ``codes`` and ``absmax`` stand for, shaped like ``codes``, in ``dtype``."""
-    return backend.call("dequantize8", codes.device, codes, absmax, signed, dtype)
+    return DEQUANTIZE8(codes.device, codes, absmax, signed, dtype)
 
 
 @contextlib.contextmanager

@@ -58,13 +58,13 @@ class AdaZeta(ZerothOrderOptimizer):
 
     def __init__(self, params, lr=1e-4, zo_eps=1e-3, steps_per_epoch=None, shrink=0.85, rate=None,
                  q_target=None, q_max=15, weight_decay=0.0, seed=None, *, epochs=None,
-                 split_queries=False, process_group=None):
+                 split_queries=False, process_group=None, backend=None):
         if steps_per_epoch is None:
             raise ValueError("AdaZeta needs steps_per_epoch: the number of optimizer steps in one epoch, "
                              "from which it counts epochs for its query schedule")
         super().__init__(params, dict(lr=lr, zo_eps=zo_eps, steps_per_epoch=steps_per_epoch, shrink=shrink,
                                       rate=rate, q_target=q_target, epochs=epochs, q_max=q_max,
-                                      weight_decay=weight_decay, seed=seed), process_group)
+                                      weight_decay=weight_decay, seed=seed), process_group, backend)
         # how this job runs, not optimizer state: not a group key, so a checkpoint resumed elsewhere
         # (FSDP2, another world size) splits as its new constructor says
         if not isinstance(split_queries, bool):

@@ -1,7 +1,12 @@
-"""What every lorenza optimizer shares: a base seed, stable tensor ids, exact state round trips."""
+"""What every lorenza optimizer shares: a base seed, stable tensor ids, exact state round trips, the
+one step skeleton and the protocol a training loop reads (docs/design.md, "The optimizers")."""
+from collections import OrderedDict
+
 import torch
 from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
 
+from .. import ops
 from ..distributed import agreed_seed, any_over_ranks, data_parallel_group
 from ..distributed.shards import local
 from . import _checks
@@ -20,14 +25,55 @@ class LorenzaOptimizer(Optimizer):
     - ``process_group``: the ranks whose replicas the optimizer keeps in step under
       ``torch.distributed`` (seed, probe losses, averaged projections); by default the device mesh
       of DTensor parameters (FSDP2), else the default group (docs/distributed.md).
+    - ``backend``: which implementation runs the ops of this optimizer's steps (and of its
+      backward hooks): ``"auto"``, ``"torch"``, ``"cuda"``/``"cpp"`` or ``"triton"``, as
+      ``LORENZA_BACKEND`` names them; None (the default) follows ``LORENZA_BACKEND`` at each step.
+      Two optimizers in one process may run on different backends (docs/design.md, "The op layer").
+
+    Every step runs one skeleton (:meth:`step`): ``_prepare`` (every check that needs no gradient,
+    before anything is written), ``_gradient`` (the closure's backward, the zeroth-order probes, or
+    both), the gradient hooks, then ``_update``. A training loop asks an optimizer what it needs
+    through the class attributes below, never through its classes.
     """
 
-    def __init__(self, params, defaults: dict, process_group=None):
+    # The protocol a training loop reads (lorenza.hf.Trainer does):
+    needs_closure = False  # step() needs closure(s) that return the loss without calling backward()
+    backward_in_step = False  # the step runs backward itself: clip in a gradient hook, not before step()
+    projects_weights = False  # the constructor's rank projects 2-D weights (param groups name them)
+
+    def __init__(self, params, defaults: dict, process_group=None, backend=None):
         params = list(params)
+        self.backend = None if backend is None else ops.checked_choice(backend)
         self.process_group = data_parallel_group(params) if process_group is None else process_group
+        self._gradient_hooks = OrderedDict()
         seed = defaults.get("seed")
         seed = agreed_seed(self.process_group) if seed is None else seed
         super().__init__(params, dict(defaults, seed=seed))
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_gradient_hooks", OrderedDict())  # hooks are not pickled
+        self.__dict__.setdefault("backend", None)
+
+    @property
+    def clips_own_gradients(self) -> bool:
+        """Whether some gradients the next step uses are not in ``.grad`` (per-layer mode keeps them
+        projected in the state): clip with the optimizer's ``clip_grad_norm_`` then."""
+        return False
+
+    def estimate_norm(self):
+        """The norm of the last step's zeroth-order gradient estimate, None for an optimizer that makes
+        none (see :class:`~lorenza.optim.zeroth_order.ZerothOrderOptimizer`)."""
+        return None
+
+    def register_gradient_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(optimizer)`` in every step once the gradient the update uses is in place (in
+        ``.grad`` for a first-order update), before the update (not when the update is skipped):
+        where gradient clipping belongs when the step computes its gradient itself. Returns a handle
+        whose ``remove()`` removes it."""
+        handle = RemovableHandle(self._gradient_hooks)
+        self._gradient_hooks[handle.id] = hook
+        return handle
 
     def _validate_group(self, group: dict) -> None:
         """Raise for invalid group values; subclasses extend it."""
@@ -49,6 +95,43 @@ class LorenzaOptimizer(Optimizer):
             for param in group["params"]:
                 yield group, param, tensor_id
                 tensor_id += 1
+
+    # -- the step -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimizer step; returns the loss (None when no closure gave one). ``step()`` with no
+        closure on a fresh optimizer whose learning rates are 0 only initialises its state, as
+        ``torch.distributed.checkpoint`` asks (:meth:`initializing_step`)."""
+        if self.initializing_step(closure):
+            return None
+        with ops.chosen(self.backend):
+            prepared = self._prepare(closure)
+            loss, gradient = self._gradient(closure, prepared)
+            if gradient is not None:
+                for hook in list(self._gradient_hooks.values()):
+                    hook(self)
+                self._update(gradient)
+        return loss
+
+    def _prepare(self, closure):
+        """Every check that needs no gradient, before anything is written; what the gradient phase
+        takes."""
+        return None
+
+    def _gradient(self, closure, prepared):
+        """``(loss, gradient)``: the step's loss and what ``_update`` takes, or None to skip the
+        update."""
+        raise NotImplementedError
+
+    def _update(self, gradient) -> None:
+        raise NotImplementedError
+
+    def advance_zo_step(self) -> None:
+        """Count a zeroth-order step in every group (``zo_step``, saved in ``state_dict``): the probe
+        seed moves on, also when the update is skipped."""
+        for group in self.param_groups:
+            group["zo_step"] += 1
 
     # -- checkpoints --------------------------------------------------------------------------
 

@@ -103,9 +103,9 @@ class LOZO(ZerothOrderOptimizer):
     """
 
     def __init__(self, params, lr=1e-7, zo_eps=1e-3, rank=2, nu=50, momentum=0.0, weight_decay=0.0,
-                 seed=None, *, process_group=None):
+                 seed=None, *, process_group=None, backend=None):
         super().__init__(params, dict(lr=lr, zo_eps=zo_eps, rank=rank, nu=nu, momentum=momentum,
-                                      weight_decay=weight_decay, seed=seed), process_group)
+                                      weight_decay=weight_decay, seed=seed), process_group, backend)
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)

@@ -15,6 +15,7 @@ class MeZO(ZerothOrderOptimizer):
     :class:`~lorenza.optim.zeroth_order.ZerothOrderOptimizer`.
     """
 
-    def __init__(self, params, lr=1e-6, zo_eps=1e-3, weight_decay=0.0, seed=None, *, process_group=None):
+    def __init__(self, params, lr=1e-6, zo_eps=1e-3, weight_decay=0.0, seed=None, *, process_group=None,
+                 backend=None):
         super().__init__(params, dict(lr=lr, zo_eps=zo_eps, weight_decay=weight_decay, seed=seed),
-                         process_group)
+                         process_group, backend)

@@ -6,11 +6,11 @@ import weakref
 
 import torch
 
+from .. import ops
 from .. import projector as proj
 from ..distributed import mean_, shards
 from ..distributed.shards import local, row_shard
 from . import _checks
-from .projected import ProjectedOptimizer
 
 # id(param) -> (weak param, weak optimizer) projecting it in backward: no attribute is put on the
 # parameter, so a model pickles as before.
@@ -19,8 +19,9 @@ _OWNERS = {}
 ACCUMULATOR = "projected_grad"  # the state key of a weight's projected gradients, summed over micro-batches
 
 
-class PerLayerOptimizer(ProjectedOptimizer):
-    """A projected optimizer whose ``per_layer=True`` projects in backward.
+class PerLayer:
+    """What ``per_layer=True`` adds to a projected optimizer, which owns one of these (its methods take
+    the optimizer, which the component does not hold: the hooks hold the optimizer weakly).
 
     A hook (``register_post_accumulate_grad_hook``) on each 2-D parameter projects its gradient
     with the basis of the step about to be taken, averages the ``m x r`` projection over the ranks
@@ -31,32 +32,27 @@ class PerLayerOptimizer(ProjectedOptimizer):
     in ``.grad`` until the step, which computes the basis from it (averaged over the ranks by the
     hook): ``stagger=True`` makes that a ``1 / update_gap`` share of the weights at any step.
 
-    ``zero_grad`` clears the accumulators, ``remove_hooks()`` undoes the hooks,
-    ``clip_grad_norm_`` scales gradients and accumulators together. A step skips, with a warning,
+    The optimizer's ``zero_grad`` clears the accumulators, its ``remove_hooks()`` undoes the hooks,
+    its ``clip_grad_norm_`` scales gradients and accumulators together. A step skips, with a warning,
     every weight whose gradient or accumulator holds a NaN or Inf: its weight and state stay as
     they were, the other weights are updated.
     """
 
-    def __init__(self, params, defaults: dict, process_group=None, *, per_layer: bool = False):
-        if not isinstance(per_layer, bool):
-            raise TypeError(f"per_layer must be a bool, got {type(per_layer).__name__}")
-        self.per_layer = per_layer
-        self._hooks, self._owners = [], {}
-        super().__init__(params, defaults, process_group)
+    def __init__(self, enabled: bool):
+        if not isinstance(enabled, bool):
+            raise TypeError(f"per_layer must be a bool, got {type(enabled).__name__}")
+        self.enabled = enabled
+        self.hooks, self.owners = [], {}  # (param, handle); id(param) -> (group, tensor_id)
 
-    def __setstate__(self, state) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("per_layer", False)
-
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        self._index_owners()
-        if self.per_layer:
-            for param in self.param_groups[-1]["params"]:
+    def params_added(self, opt) -> None:
+        """Index the optimizer's parameters and hook the last group's (when enabled)."""
+        self.index(opt)
+        if self.enabled:
+            for param in opt.param_groups[-1]["params"]:
                 if param.dim() == 2 and param.requires_grad:
-                    self._hook(param)
+                    self._hook(opt, param)
 
-    def _hook(self, param) -> None:
+    def _hook(self, opt, param) -> None:
         """Project ``param``'s gradients in backward. The hook holds the optimizer weakly: once the
         optimizer is gone it does nothing, and another optimizer may take the parameter."""
         owned_param, owner = _OWNERS.get(id(param), (lambda: None, lambda: None))
@@ -65,93 +61,77 @@ class PerLayerOptimizer(ProjectedOptimizer):
                              f"another {type(owner()).__name__} (call its remove_hooks() first)")
         if owned_param() is not param:  # the entry goes with the parameter
             weakref.finalize(param, _OWNERS.pop, id(param), None)
-        _OWNERS[id(param)] = (weakref.ref(param), weakref.ref(self))
-        project = weakref.WeakMethod(self._project_grad)
+        _OWNERS[id(param)] = (weakref.ref(param), weakref.ref(opt))
+        optimizer, component = weakref.ref(opt), weakref.ref(self)
 
         def hook(tensor):
-            method = project()
-            if method is not None:
-                method(tensor)
-        self._hooks.append((param, param.register_post_accumulate_grad_hook(hook)))
+            live, mode = optimizer(), component()
+            if live is not None and mode is not None:
+                with ops.chosen(live.backend):
+                    mode.project_grad(live, tensor)
+        self.hooks.append((param, param.register_post_accumulate_grad_hook(hook)))
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        self._index_owners()  # the groups are new dicts now
-
-    def _index_owners(self) -> None:
+    def index(self, opt) -> None:
         """``id(param) -> (group, tensor_id)`` and the stagger numbering: what a gradient hook needs
-        to find its projection."""
-        self._owners = {id(param): (group, tensor_id) for group, param, tensor_id in self.params_with_ids()}
-        self.index_projected()
+        to find its projection (again after ``load_state_dict``: the groups are new dicts then)."""
+        self.owners = {id(param): (group, tensor_id) for group, param, tensor_id in opt.params_with_ids()}
+        opt.index_projected()
 
     def remove_hooks(self) -> None:
-        """Stop projecting in backward; gradients then stay in ``.grad`` for ``step()``."""
-        for param, handle in self._hooks:
+        for param, handle in self.hooks:
             handle.remove()
             _OWNERS.pop(id(param), None)
-        self._hooks = []
+        self.hooks = []
 
-    def _hooked(self) -> set:
+    def hooked(self) -> set:
         """The ids of the parameters projected in backward."""
-        return {id(param) for param, _ in self._hooks}
-
-    def reduced_in_backward(self) -> list:
-        """The parameters whose gradients the per-layer hooks project and average over the ranks
-        themselves (``lorenza.distributed.ddp.keep_out_of_ddp`` leaves them out of DDP)."""
-        hooked = self._hooked()
-        return [param for group, param, _ in self.params_with_ids()
-                if id(param) in hooked and self.is_projected(param, group)]
+        return {id(param) for param, _ in self.hooks}
 
     @torch.no_grad()
-    def _project_grad(self, param) -> None:
-        group, tensor_id = self._owners[id(param)]
-        if param.grad is None or not self.is_projected(param, group):
+    def project_grad(self, opt, param) -> None:
+        group, tensor_id = self.owners[id(param)]
+        if param.grad is None or not opt.is_projected(param, group):
             return
-        self.check_grad(param, param.grad, type(self).__name__)
-        if self.refresh_due(param, group):  # the basis comes from the whole gradient: kept for the step
+        opt.check_grad(param, param.grad, type(opt).__name__)
+        if opt.refresh_due(param, group):  # the basis comes from the whole gradient: kept for the step
             if row_shard(param) is None:
-                mean_(local(param.grad), self.process_group)  # averaging an average changes nothing
+                mean_(local(param.grad), opt.process_group)  # averaging an average changes nothing
             return
-        projection = self.projection(param, group, tensor_id, this_step=True)
+        projection = opt.projection(param, group, tensor_id, this_step=True)
         projected = projection.project(local(param.grad))
         if projection.shard is None:  # data parallel: average the m x r projection, not the m x n gradient
-            mean_(projected, self.process_group)
-        state = self.state[param]
+            mean_(projected, opt.process_group)
+        state = opt.state[param]
         if ACCUMULATOR in state:
             state[ACCUMULATOR].add_(projected)
         else:
             state[ACCUMULATOR] = projected
         param.grad = None
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        super().zero_grad(set_to_none)
-        for state in self.state.values():
+    @staticmethod
+    def clear(opt, set_to_none: bool) -> None:
+        """``zero_grad`` of the accumulators."""
+        for state in opt.state.values():
             if ACCUMULATOR in state:
                 if set_to_none:
                     del state[ACCUMULATOR]
                 else:
                     state[ACCUMULATOR].zero_()
 
+    @staticmethod
     @torch.no_grad()
-    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        """Scale the gradients the next step will use so that their total norm is at most ``max_norm``
-        and return the norm before (``torch.nn.utils.clip_grad_norm_``'s contract): every ``.grad`` and
-        the projected accumulators, which stand for full gradients that no longer exist. An
-        accumulator ``S`` counts as the norm of what the step lifts from it: ``||S||^2 / r`` for the
-        Gaussian basis of rank ``r`` (the full gradient's squared norm in expectation, since
-        ``E[P^T P] = r I``, to a spread of about ``sqrt(2 / r)`` per weight), ``||S||^2`` for an
-        orthonormal one (the gradient's part in the subspace, which GaLore's update sees)."""
+    def clip_grad_norm_(opt, max_norm: float) -> torch.Tensor:
+        """The optimizer's ``clip_grad_norm_`` (see there): every ``.grad`` and every accumulator."""
         parts, scaled = [], []
-        for group, param, tensor_id in self.params_with_ids():
+        for group, param, tensor_id in opt.params_with_ids():
             if param.grad is not None:
                 parts.append((local(param.grad).double().square().sum(), row_shard(param)))
                 scaled.append(local(param.grad))
-            accumulated = self.state.get(param, {}).get(ACCUMULATOR)
+            accumulated = opt.state.get(param, {}).get(ACCUMULATOR)
             if accumulated is not None:
                 side = proj.side_for(param.shape, group["proj_type"])
                 # on the right side each rank holds its rows of S; on the left S is whole everywhere
-                share = None if side == "left" else self.folded_shard(param, side, group["granularity"],
-                                                                      tensor_id)
+                share = None if side == "left" else opt.folded_shard(param, side, group["granularity"], tensor_id)
                 weight = 1.0 / group["rank"] if group["projector"] == "random" else 1.0
                 parts.append((accumulated.double().square().sum() * weight, share))
                 scaled.append(accumulated)
@@ -164,57 +144,61 @@ class PerLayerOptimizer(ProjectedOptimizer):
 
     # -- what a step reads ----------------------------------------------------------------------
 
-    def _pending(self, param) -> bool:
-        return param.grad is not None or ACCUMULATOR in self.state.get(param, {})
+    @staticmethod
+    def pending(opt, param) -> bool:
+        """Whether the parameter has something to apply at this step."""
+        return param.grad is not None or ACCUMULATOR in opt.state.get(param, {})
 
-    def _drop_written_back(self) -> None:
+    def drop_written_back(self, opt) -> None:
         """Under DDP, a weight whose gradient the hook projected (and freed) gets a gradient again
         when DDP copies back its reduced bucket, all zeros since the hook left DDP nothing: dropped
         here, so that it is neither projected again nor kept alive."""
-        hooked = self._hooked()
-        for param, state in self.state.items():
+        hooked = self.hooked()
+        for param, state in opt.state.items():
             if id(param) in hooked and ACCUMULATOR in state:
                 param.grad = None
 
-    def _finite_entries(self, entries) -> list:
+    def finite_entries(self, opt, entries) -> list:
         """``entries`` without the weights whose gradient or accumulator holds a NaN or Inf (per-layer
         mode; each skipped with a warning). One check for all, agreed over the ranks."""
-        if not self.per_layer or not entries:
+        if not self.enabled or not entries:
             return list(entries)
         flags = []
         for _, param, _ in entries:
-            parts = [t for t in (param.grad, self.state.get(param, {}).get(ACCUMULATOR)) if t is not None]
+            parts = [t for t in (param.grad, opt.state.get(param, {}).get(ACCUMULATOR)) if t is not None]
             # a float32 sum is NaN or Inf exactly when an element is (short of overflowing 3e38),
             # and allocates nothing the size of the tensor
             sums = torch.stack([local(t).sum(dtype=torch.float32) for t in parts])
             flags.append(torch.isfinite(sums).all())
         finite = torch.stack(flags).to(torch.float32)
         if any(row_shard(param) is not None for _, param, _ in entries):  # a shard's NaN: every rank skips
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN, group=self.process_group)
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN, group=opt.process_group)
         if bool(finite.all()):  # the one synchronisation of the usual step
             return list(entries)
         kept = []
         for entry, is_finite in zip(entries, finite.tolist()):
             if not is_finite:
                 _, param, tensor_id = entry
-                warnings.warn(f"{type(self).__name__}: non-finite gradient of parameter {tensor_id} (shape "
+                warnings.warn(f"{type(opt).__name__}: non-finite gradient of parameter {tensor_id} (shape "
                               f"{tuple(param.shape)}); its update is skipped this step", RuntimeWarning,
                               stacklevel=_checks.user_stacklevel())
                 param.grad = None
-                self.state[param].pop(ACCUMULATOR, None)
+                opt.state[param].pop(ACCUMULATOR, None)
             else:
                 kept.append(entry)
         return kept
 
-    def take_accumulator(self, param):
-        """Remove and return the parameter's projected accumulator, or None."""
-        return self.state[param].pop(ACCUMULATOR, None) if param in self.state else None
 
-    def subspace_gradient(self, param, projection):
-        """The step's projected gradient of a projected weight, taken out of the state: its
-        accumulator plus the projection of what ``.grad`` holds; None when neither exists."""
-        S = self.take_accumulator(param)
-        if param.grad is not None:
-            projected = projection.project(local(param.grad))
-            S = projected if S is None else S.add_(projected)
-        return S
+def take_accumulator(opt, param):
+    """Remove and return the parameter's projected accumulator, or None."""
+    return opt.state[param].pop(ACCUMULATOR, None) if param in opt.state else None
+
+
+def subspace_gradient(opt, param, projection):
+    """The step's projected gradient of a projected weight, taken out of the state: its accumulator
+    plus the projection of what ``.grad`` holds; None when neither exists."""
+    S = take_accumulator(opt, param)
+    if param.grad is not None:
+        projected = projection.project(local(param.grad))
+        S = projected if S is None else S.add_(projected)
+    return S

@@ -1,6 +1,8 @@
-"""What every projected optimizer shares (docs/algorithms.md, sections 1 and 7): the projection keys
-of its param groups and GaLore's aliases, which parameters are projected, their basis and its
-refresh schedule, and the state a step creates. Each optimizer adds its own update (``_update``)."""
+"""What every projected optimizer shares (docs/algorithms.md, sections 1, 2, 7 and 10): the projection
+keys of its param groups and GaLore's aliases, which parameters are projected, their basis and its
+refresh schedule, the state a step creates, per-layer mode (a ``PerLayer`` it owns) and the
+first-order step. Each optimizer names its update rule (``update_rule``: Adam's, or ProjFactor's
+factored one) and, for a sharpness-aware step, its ascent (``ascent``)."""
 import math
 import warnings
 
@@ -11,6 +13,7 @@ from ..distributed.shards import DTensor, local, placed_like, row_shard
 from ..random import Stream, stream_key
 from . import _checks, quantized_moments
 from .base import LorenzaOptimizer
+from .per_layer import PerLayer
 
 # GaLore's group keys, accepted as they are.
 ALIASES = {"update_proj_gap": "update_gap"}
@@ -21,6 +24,12 @@ PROJECTION_DEFAULTS = dict(rank=None, update_gap=200, scale=0.25, projector="rsv
                            stagger=False, granularity=1, state_bits=32)
 
 
+def subspace_rows(projection):
+    """The global rows of the projection's subspace tensors when sharded like the parameter, None
+    when every rank holds them whole (see ``ProjectedOptimizer._moments``)."""
+    return projection.shard.total if projection.rows_sharded else None
+
+
 class ProjectedOptimizer(LorenzaOptimizer):
     """Param groups with ``rank``, ``update_gap``, ``scale``, ``projector``, ``proj_type``, ``stagger`` and
     ``granularity``; a parameter is projected when it is 2-D, its group's ``rank`` is set and below the
@@ -28,13 +37,37 @@ class ProjectedOptimizer(LorenzaOptimizer):
 
     If any group given names ``rank``, groups that don't are left unprojected, so a GaLore user's
     param groups mean what they meant there. ``step()`` runs ``closure`` (if given) and then the
-    update of every parameter with something to apply.
+    update of every parameter with something to apply; with an ``ascent`` (Lorenza, AdaZoSAM) the
+    step takes a closure and computes its gradient itself (``sam.SharpnessAware``).
+
+    ``per_layer=True`` projects each gradient in backward (``per_layer.PerLayer``): ``zero_grad``
+    then clears the accumulators too, ``clip_grad_norm_`` clips them, ``remove_hooks()`` stops it.
     """
 
-    def __init__(self, params, defaults: dict, process_group=None):
+    projects_weights = True
+    update_rule = None  # what the update does: projected_adam.AdamUpdate or projfactor.FactoredUpdate
+    ascent = None  # sam.SharpnessAware for a step at a sharpness-aware point
+
+    def __init__(self, params, defaults: dict, process_group=None, *, per_layer: bool = False,
+                 backend=None):
         params = list(params)
         self._rank_only_where_named = any(isinstance(g, dict) and "rank" in g for g in params)
-        super().__init__(params, {**PROJECTION_DEFAULTS, **defaults}, process_group)
+        self.layers = PerLayer(per_layer)
+        super().__init__(params, {**PROJECTION_DEFAULTS, **defaults}, process_group, backend)
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("layers", PerLayer(False))  # hooks are not pickled
+        self.layers.index(self)
+
+    @property
+    def per_layer(self) -> bool:
+        """Whether gradients are projected in backward (``per_layer=True``)."""
+        return self.layers.enabled
+
+    @property
+    def clips_own_gradients(self) -> bool:
+        return self.per_layer
 
     def add_param_group(self, param_group: dict) -> None:
         param_group = dict(param_group)
@@ -44,6 +77,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
         if getattr(self, "_rank_only_where_named", False):
             param_group.setdefault("rank", None)
         super().add_param_group(param_group)
+        self.layers.params_added(self)
         group = self.param_groups[-1]
         if group["rank"] is not None and not any(self.is_projected(p, group) for p in group["params"]):
             warnings.warn(f"{type(self).__name__}: param group {len(self.param_groups) - 1} has rank="
@@ -71,6 +105,11 @@ class ProjectedOptimizer(LorenzaOptimizer):
                 if param.dim() == 2 and group["rank"] < min(param.shape):  # a weight meant to be projected
                     proj.check_granularity(param.shape, proj.side_for(param.shape, group["proj_type"]),
                                            group["granularity"])
+        if self.per_layer and group.get("residual", False):
+            raise ValueError("residual=True (Lorenza+) applies the part of the full gradient outside the "
+                             "subspace, which per-layer mode does not keep: use one or the other")
+        if self.ascent is not None:
+            self.ascent.validate(group, self.param_groups)
 
     # -- projection ---------------------------------------------------------------------------
 
@@ -151,12 +190,6 @@ class ProjectedOptimizer(LorenzaOptimizer):
         rows = projection.shard.total if projection.shard is not None and projection.side == "left" else None
         return placed_like(param, projection.basis, rows)
 
-    @staticmethod
-    def subspace_rows(projection):
-        """The global rows of the projection's subspace tensors when sharded like the parameter, None
-        when every rank holds them whole (see ``_moments``)."""
-        return projection.shard.total if projection.rows_sharded else None
-
     # -- state --------------------------------------------------------------------------------
 
     def _moments(self, param, shapes: dict, count: bool = True, bits: int = 32):
@@ -225,26 +258,67 @@ class ProjectedOptimizer(LorenzaOptimizer):
 
     def moment_shapes(self, param, projection) -> dict:
         """``_moments``' ``{key: (shape, rows)}`` of the parameter's state for ``projection``."""
-        raise NotImplementedError
+        return self.update_rule.moment_shapes(param, projection)
+
+    # -- per-layer mode -----------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.layers.index(self)  # the groups are new dicts now
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        self.layers.clear(self, set_to_none)
+
+    def remove_hooks(self) -> None:
+        """Stop projecting in backward; gradients then stay in ``.grad`` for ``step()``."""
+        self.layers.remove_hooks()
+
+    def reduced_in_backward(self) -> list:
+        """The parameters whose gradients the per-layer hooks project and average over the ranks
+        themselves (``lorenza.distributed.ddp.keep_out_of_ddp`` leaves them out of DDP)."""
+        hooked = self.layers.hooked()
+        return [param for group, param, _ in self.params_with_ids()
+                if id(param) in hooked and self.is_projected(param, group)]
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Scale the gradients the next step will use so that their total norm is at most ``max_norm``
+        and return the norm before (``torch.nn.utils.clip_grad_norm_``'s contract): every ``.grad`` and
+        the projected accumulators, which stand for full gradients that no longer exist. An
+        accumulator ``S`` counts as the norm of what the step lifts from it: ``||S||^2 / r`` for the
+        Gaussian basis of rank ``r`` (the full gradient's squared norm in expectation, since
+        ``E[P^T P] = r I``, to a spread of about ``sqrt(2 / r)`` per weight), ``||S||^2`` for an
+        orthonormal one (the gradient's part in the subspace, which GaLore's update sees)."""
+        return self.layers.clip_grad_norm_(self, max_norm)
 
     # -- the step -----------------------------------------------------------------------------
 
-    def _pending(self, param) -> bool:
-        """Whether the parameter has something to apply at this step."""
-        return param.grad is not None
+    def _prepare(self, closure):
+        return None if self.ascent is None else self.ascent.prepare(self, closure)
 
-    def _update(self, entries) -> None:
-        """The update of every ``(group, param, tensor_id)`` in ``entries``: each optimizer's own."""
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One optimizer step from the gradients in ``.grad``; ``closure`` may recompute them."""
-        if self.initializing_step(closure):
-            return None
+    def _gradient(self, closure, prepared):
+        """The closure's loss and gradients (or the sharpness-aware gradient of ``ascent``), and the
+        ``(group, param, tensor_id)`` with something to apply."""
+        if self.ascent is not None:
+            return self.ascent.gradient(self, closure, prepared)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._update([(group, p, i) for group, p, i in self.params_with_ids() if self._pending(p)])
-        return loss
+        return loss, self.pending_entries(self.params_with_ids())
+
+    def pending_entries(self, entries) -> list:
+        """The entries whose parameter has something to apply (a gradient, or an accumulator)."""
+        return [(group, p, i) for group, p, i in entries if self.layers.pending(self, p)]
+
+    def _update(self, entries) -> None:
+        """The update rule over ``entries``, once every gradient has passed its checks: the rule itself
+        checks the state and refreshes every basis before it writes anything (so that an error, say an
+        SVD of a NaN gradient, leaves weights and state untouched)."""
+        self.layers.drop_written_back(self)
+        self.index_projected()
+        entries = self.layers.finite_entries(self, entries)
+        for _, param, _ in entries:
+            if param.grad is not None:
+                self.check_grad(param, param.grad, type(self).__name__)
+        self.update_rule.apply(self, entries)

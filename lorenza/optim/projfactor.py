@@ -10,7 +10,8 @@ from ..distributed.shards import local, row_shard, rows_of
 from ..projector import work_dtype
 from ..ops import quantize
 from . import quantized_moments
-from .per_layer import PerLayerOptimizer
+from .per_layer import subspace_gradient
+from .projected import ProjectedOptimizer, subspace_rows
 
 BLOCK_ELEMENTS = 1 << 18  # elements of the m x n update formed at a time: 1 MiB blocks stay in cache
 
@@ -56,7 +57,89 @@ def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_
                                alpha=-step_size)
 
 
-class ProjFactor(PerLayerOptimizer):
+class FactoredUpdate:
+    """ProjFactor's update rule (``ProjectedOptimizer.update_rule``); it holds nothing."""
+
+    def apply(self, opt, entries) -> None:
+        """The ProjFactor step of every ``(group, param, tensor_id)``, from its ``.grad`` and/or its
+        projected accumulator. Two phases, so that an error leaves weights and state untouched:
+        the checks, then the updates. A parameter's Gaussian basis is regenerated when its update
+        runs (it cannot fail), so that the bases of all layers never coexist."""
+        for group, param, tensor_id in entries:
+            projected = opt.is_projected(param, group)
+            if not projected and param.dim() > 2 and not local(param).is_contiguous():
+                raise ValueError(f"ProjFactor needs contiguous parameters of more than two dimensions; one "
+                                 f"of shape {tuple(param.shape)} is not")
+            opt._check_state(param, opt.subspace_shape(param, group, tensor_id) if projected
+                             else local(param).shape)
+        for group, param, tensor_id in entries:
+            self._update_one(opt, group, param, opt.projection(param, group, tensor_id, this_step=True))
+
+    @staticmethod
+    def _gradient(opt, group, param, projection):
+        """``S`` (the projected gradient; or the gradient, in its own dtype, viewed as the parameter's
+        ``rows x cols`` matrix) and the row and column sums of ``B^2``."""
+        if projection is None:
+            S = local(param.grad).reshape(matrix_shape(local(param)))
+            row_sq, col_sq = square_sums(S, work_dtype(param.dtype))
+            shard = row_shard(param)
+            return S, row_sq, col_sq if shard is None else shard.sum_(col_sq)
+        S = subspace_gradient(opt, param, projection)
+        row_sq, col_sq = projection.lifted_square_sums(S)
+        return S, row_sq.mul_(group["scale"]**2), col_sq.mul_(group["scale"]**2)
+
+    @staticmethod
+    def moment_shapes(param, projection) -> dict:
+        """``_moments``' shapes: ``M`` like ``S``, the row statistics sharded like the parameter's
+        rows, the column statistics whole on every rank."""
+        weight = local(param)
+        rows, cols = matrix_shape(weight)
+        if projection is None:
+            m_shape, m_rows = weight.shape, rows_of(param)
+        else:
+            m_shape, m_rows = projection.subspace_shape(), subspace_rows(projection)
+        return {"exp_avg": (m_shape, m_rows), "exp_avg_sq_row": ((rows,), rows_of(param)),
+                "exp_avg_sq_col": ((cols,), None)}
+
+    @staticmethod
+    def _sum_over_rows(param, v_row):
+        """``sum(v_row)`` over every rank's rows of a sharded parameter."""
+        shard = row_shard(param)
+        return v_row.sum() if shard is None else shard.sum_(v_row.sum())
+
+    def _update_one(self, opt, group, param, projection) -> None:
+        beta1, beta2 = group["betas"]
+        S, row_sq, col_sq = self._gradient(opt, group, param, projection)
+        weight, dtype = local(param), work_dtype(param.dtype)
+        rows, cols = matrix_shape(weight)
+        state = opt._moments(param, self.moment_shapes(param, projection), bits=group["state_bits"])
+        quantized_moments.convert_(state, "exp_avg", group["state_bits"], dtype)
+        exp_avg = quantized_moments.moment(state, "exp_avg")
+        v_row, v_col = (local(state[key]) for key in ("exp_avg_sq_row", "exp_avg_sq_col"))
+        v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
+        v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
+        t = int(state["step"])
+        step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        update = functools.partial(factored_update_, weight.view(rows, cols), v_row=v_row, v_col=v_col,
+                                   step_size=step_size, eps=group["eps"],
+                                   v_row_sum=self._sum_over_rows(param, v_row))
+        if projection is None:  # M is updated a block of rows at a time, with the weight's rows
+            whole_blocks = quantize.BLOCK // math.gcd(cols, quantize.BLOCK)  # rows holding whole 8-bit blocks
+            update(functools.partial(_updated_rows, exp_avg, S, beta1, dtype),
+                   rows_multiple=1 if isinstance(exp_avg, torch.Tensor) else whole_blocks)
+        else:  # r-sized: M whole (an 8-bit one dequantized, stored back after the update)
+            with _floats(exp_avg, dtype) as M:
+                M.mul_(beta1).add_(S, alpha=1 - beta1)
+                update(lambda start, stop: projection.lift_rows(M, start, stop).mul_(group["scale"]),
+                       rows_multiple=projection.granularity if projection.side == "left" else 1)
+        decay = group["lr"] * group["weight_decay"]
+        if decay:  # after the update, as GaLore and the official code do
+            weight.add_(weight, alpha=-decay)
+
+
+
+
+class ProjFactor(ProjectedOptimizer):
     """VLoRP's ProjFactor: the first moment in a random subspace, the second moment factored in the
     original space.
 
@@ -88,100 +171,21 @@ class ProjFactor(PerLayerOptimizer):
     Every keyword but ``per_layer`` is also a param-group key.
     """
 
+    update_rule = FactoredUpdate()
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, rank=32,
                  granularity=1, update_gap=100, scale=1.0, seed=None, state_bits=32, *, per_layer=False,
-                 process_group=None):
+                 process_group=None, backend=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                                       update_gap=update_gap, scale=scale, projector="random", seed=seed,
                                       granularity=granularity, state_bits=state_bits), process_group,
-                         per_layer=per_layer)
+                         per_layer=per_layer, backend=backend)
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
         if group["projector"] != "random":
             raise ValueError(f"ProjFactor projects with a Gaussian basis: projector must be 'random', "
                              f"got {group['projector']!r}")
-
-    def _update(self, entries) -> None:
-        """The ProjFactor step of every ``(group, param, tensor_id)``, from its ``.grad`` and/or its
-        projected accumulator. Two phases, so that an error leaves weights and state untouched:
-        the checks, then the updates. A parameter's Gaussian basis is regenerated when its update
-        runs (it cannot fail), so that the bases of all layers never coexist."""
-        self._drop_written_back()
-        self.index_projected()
-        planned = []
-        for group, param, tensor_id in self._finite_entries(entries):
-            if param.grad is not None:
-                self.check_grad(param, param.grad, type(self).__name__)
-            projected = self.is_projected(param, group)
-            if not projected and param.dim() > 2 and not local(param).is_contiguous():
-                raise ValueError(f"ProjFactor needs contiguous parameters of more than two dimensions; one "
-                                 f"of shape {tuple(param.shape)} is not")
-            self._check_state(param, self.subspace_shape(param, group, tensor_id) if projected
-                              else local(param).shape)
-            planned.append((group, param, tensor_id))
-        for group, param, tensor_id in planned:
-            self._update_one(group, param, self.projection(param, group, tensor_id, this_step=True))
-
-    def _gradient(self, group, param, projection):
-        """``S`` (the projected gradient; or the gradient, in its own dtype, viewed as the parameter's
-        ``rows x cols`` matrix) and the row and column sums of ``B^2``."""
-        if projection is None:
-            S = local(param.grad).reshape(matrix_shape(local(param)))
-            row_sq, col_sq = square_sums(S, work_dtype(param.dtype))
-            shard = row_shard(param)
-            return S, row_sq, col_sq if shard is None else shard.sum_(col_sq)
-        S = self.subspace_gradient(param, projection)
-        row_sq, col_sq = projection.lifted_square_sums(S)
-        return S, row_sq.mul_(group["scale"]**2), col_sq.mul_(group["scale"]**2)
-
-    def moment_shapes(self, param, projection) -> dict:
-        """``_moments``' shapes: ``M`` like ``S``, the row statistics sharded like the parameter's
-        rows, the column statistics whole on every rank."""
-        weight = local(param)
-        rows, cols = matrix_shape(weight)
-        if projection is None:
-            m_shape, m_rows = weight.shape, rows_of(param)
-        else:
-            m_shape, m_rows = projection.subspace_shape(), self.subspace_rows(projection)
-        return {"exp_avg": (m_shape, m_rows), "exp_avg_sq_row": ((rows,), rows_of(param)),
-                "exp_avg_sq_col": ((cols,), None)}
-
-    @staticmethod
-    def _sum_over_rows(param, v_row):
-        """``sum(v_row)`` over every rank's rows of a sharded parameter."""
-        shard = row_shard(param)
-        return v_row.sum() if shard is None else shard.sum_(v_row.sum())
-
-    def _update_one(self, group, param, projection) -> None:
-        beta1, beta2 = group["betas"]
-        S, row_sq, col_sq = self._gradient(group, param, projection)
-        weight, dtype = local(param), work_dtype(param.dtype)
-        rows, cols = matrix_shape(weight)
-        state = self._moments(param, self.moment_shapes(param, projection), bits=group["state_bits"])
-        quantized_moments.convert_(state, "exp_avg", group["state_bits"], dtype)
-        exp_avg = quantized_moments.moment(state, "exp_avg")
-        v_row, v_col = (local(state[key]) for key in ("exp_avg_sq_row", "exp_avg_sq_col"))
-        v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
-        v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
-        t = int(state["step"])
-        step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-        update = functools.partial(factored_update_, weight.view(rows, cols), v_row=v_row, v_col=v_col,
-                                   step_size=step_size, eps=group["eps"],
-                                   v_row_sum=self._sum_over_rows(param, v_row))
-        if projection is None:  # M is updated a block of rows at a time, with the weight's rows
-            whole_blocks = quantize.BLOCK // math.gcd(cols, quantize.BLOCK)  # rows holding whole 8-bit blocks
-            update(functools.partial(_updated_rows, exp_avg, S, beta1, dtype),
-                   rows_multiple=1 if isinstance(exp_avg, torch.Tensor) else whole_blocks)
-        else:  # r-sized: M whole (an 8-bit one dequantized, stored back after the update)
-            with _floats(exp_avg, dtype) as M:
-                M.mul_(beta1).add_(S, alpha=1 - beta1)
-                update(lambda start, stop: projection.lift_rows(M, start, stop).mul_(group["scale"]),
-                       rows_multiple=projection.granularity if projection.side == "left" else 1)
-        decay = group["lr"] * group["weight_decay"]
-        if decay:  # after the update, as GaLore and the official code do
-            weight.add_(weight, alpha=-decay)
-
 
 @contextlib.contextmanager
 def _floats(moment, dtype):

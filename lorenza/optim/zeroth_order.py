@@ -3,10 +3,11 @@ import warnings
 
 import torch
 
-from ..distributed import fsdp, shards
-from . import _checks, two_point
+from .. import ops
+from . import _checks, probes
 from .base import LorenzaOptimizer
-from .directions import ProbeDirection, one_hot, probe_keys
+from .directions import ProbeDirection, probe_keys
+from .probes import Probes
 
 
 class ZerothOrderOptimizer(LorenzaOptimizer):
@@ -40,11 +41,12 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
     base ``seed`` it names every random direction, so a resumed optimizer continues bit for bit.
     """
 
+    needs_closure = True
     shared_keys = ("zo_eps",)  # one probe moves every group: these must agree across groups
     _last_estimate = None  # (directions, coefficients) of the last step's estimate, for estimate_norm
 
-    def __init__(self, params, defaults: dict, process_group=None):
-        super().__init__(params, dict(defaults, zo_step=0), process_group)
+    def __init__(self, params, defaults: dict, process_group=None, backend=None):
+        super().__init__(params, dict(defaults, zo_step=0), process_group, backend)
 
     def add_param_group(self, param_group: dict) -> None:
         if self.param_groups and "zo_step" not in param_group:  # a late group joins the step count
@@ -98,49 +100,32 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
         Under ``torch.distributed`` every rank calls it (FSDP2's shares are summed by an all-reduce)."""
         if self._last_estimate is None:
             return None
-        directions, coeffs = self._last_estimate
-        return torch.tensor(shards.total((d.norm_sq(coeffs), d.shard) for d in directions) ** 0.5,
-                            dtype=torch.float64)
+        step_probes, coeffs = self._last_estimate
+        with ops.chosen(self.backend):
+            return torch.tensor(step_probes.norm(coeffs), dtype=torch.float64)
 
-    # -- the step -----------------------------------------------------------------------------
+    # -- the step: probes, then the update fused with the restore of the last probe ------------
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step; ``step()`` with no closure only initialises the state as
-        ``torch.distributed.checkpoint`` asks (``initializing_step``), and otherwise raises."""
-        name = type(self).__name__
-        if self.initializing_step(closure):
-            return None
-        two_point.require_closure(closure, name)
-        trainable = [entry for entry in self.params_with_ids() if entry[1].requires_grad]
-        for _, param, _ in trainable:  # every check before the first move
-            if param.is_complex():
-                raise TypeError(f"{name} does not support complex parameters")
+    def _prepare(self, closure) -> Probes:
+        entries = probes.trainable(self, closure)
         queries = self._queries()
-        directions = self._directions(trainable, queries)
-        for direction in directions:
-            direction.check()
-        mu = self.param_groups[0]["zo_eps"]
-        gathered = fsdp.owners(p for _, p, _ in trainable)  # FSDP2 modules to reshard after moves
+        return Probes(entries, self._directions(entries, queries), queries)
 
-        def move(j, alpha):
-            for direction in directions:
-                direction.move_(one_hot(j, alpha, queries))
-            fsdp.reshard(gathered)
-        coeffs, loss, failed = two_point.estimates(closure, move, queries, mu, name,
-                                                   two_point.cuda_devices(p for _, p, _ in trainable),
-                                                   restore_last=False,  # the update restores
-                                                   group=self.process_group, split=self._split_queries())
+    def _gradient(self, closure, step_probes: Probes):
+        name, mu = type(self).__name__, self.param_groups[0]["zo_eps"]
+        coeffs, loss, failed = step_probes.estimates(closure, mu, name, self.process_group,
+                                                     restore_last=False,  # the update restores
+                                                     split=self._split_queries())
         self._last_estimate = None
         if failed:
             j, plus, minus = failed
             warnings.warn(f"{name}: non-finite loss in probe {j} of step {self.zo_step} (f+={plus}, "
-                          f"f-={minus}); weights restored, update skipped", RuntimeWarning, stacklevel=2)
-        else:
-            for direction in directions:
-                self._update_one(direction, coeffs, mu)
-            fsdp.reshard(gathered)
-            self._last_estimate = directions, [c / len(coeffs) for c in coeffs]
-        for group in self.param_groups:
-            group["zo_step"] += 1
-        return loss
+                          f"f-={minus}); weights restored, update skipped", RuntimeWarning,
+                          stacklevel=_checks.user_stacklevel())
+        self.advance_zo_step()
+        return loss, None if failed else (step_probes, coeffs, mu)
+
+    def _update(self, estimate) -> None:
+        step_probes, coeffs, mu = estimate
+        step_probes.move(None, update=lambda direction: self._update_one(direction, coeffs, mu))
+        self._last_estimate = step_probes, [c / len(coeffs) for c in coeffs]

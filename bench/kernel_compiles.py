@@ -8,7 +8,7 @@ for an sm_80 or sm_90 target, and what ptxas reports is read back: registers, sp
 and the compile time a user's first step waits for. Nothing runs and no GPU is needed; the process
 must not set ``TRITON_INTERPRET`` (the kernels must be compilable and the heuristic the GPU's).
 
-``python -m lorenza.testing.gpu_compile [--variants all|configs|cover] [--targets sm_80,sm_90]
+``python -m bench.kernel_compiles [--variants all|configs|cover] [--targets sm_80,sm_90]
 [--workers N]`` prints the table as JSON lines; ``python -c "from bench import gpu_compile;
 gpu_compile.run()"`` (from the repository root) prints it as the benchmark's table, as kept in
 ``bench/results/gpu-compile-cpu-2core-<date>.txt``.
@@ -32,8 +32,8 @@ import warnings
 
 import torch
 
-from ..reference.precision import compute_dtype
-from .llama import LLAMA, weight_shapes
+from lorenza.reference.precision import compute_dtype
+from lorenza.testing.llama import LLAMA, weight_shapes
 
 # compute capability and the most shared memory one block may opt into (CUDA's programming guide)
 TARGETS = {"sm_80": (80, 163 * 1024), "sm_90": (90, 227 * 1024)}
@@ -332,9 +332,10 @@ def in_child_process(variants: str = "cover", targets: str = ",".join(TARGETS), 
     """The rows of ``main`` run in a child process without ``TRITON_INTERPRET``, whatever this process
     runs (the test suite interprets the kernels on the CPU)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    command = [sys.executable, "-m", __name__, "--variants", variants, "--targets", targets,
+    command = [sys.executable, "-m", "bench.kernel_compiles", "--variants", variants, "--targets", targets,
                "--workers", str(workers)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where ``bench`` imports from
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=root)
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

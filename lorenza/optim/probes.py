@@ -1,0 +1,54 @@
+"""The zeroth-order probes of one step, the component that MeZO, LOZO, AdaZeta, Lorenza and AdaZoSAM
+share: the checks a closure step makes before any weight moves, the step's directions, the moves
+along them (FSDP2's gathered copies resharded after each), and the two-point estimates."""
+from ..distributed import fsdp, shards
+from . import two_point
+from .directions import one_hot
+
+
+def trainable(optimizer, closure) -> list:
+    """The ``(group, param, tensor_id)`` of the parameters a closure step moves, once the closure and
+    the parameters have passed the checks made before anything moves."""
+    name = type(optimizer).__name__
+    two_point.require_closure(closure, name)
+    entries = [entry for entry in optimizer.params_with_ids() if entry[1].requires_grad]
+    for _, param, _ in entries:
+        if param.is_complex():
+            raise TypeError(f"{name} does not support complex parameters")
+    return entries
+
+
+class Probes:
+    """The ``queries`` directions of one step (``directions.py``'s objects, one per moved parameter),
+    checked on construction so that no move fails halfway."""
+
+    def __init__(self, entries, directions, queries: int):
+        self.directions, self.queries = directions, queries
+        for direction in directions:
+            direction.check()
+        params = [param for _, param, _ in entries]
+        self.gathered = fsdp.owners(params)  # FSDP2 modules whose gathered weights a move outdates
+        self.devices = two_point.cuda_devices(params)  # whose generators the closure may draw from
+
+    def move(self, coeffs_of, update=None) -> None:
+        """Move every parameter: ``direction.move_(coeffs_of(direction))``, or ``update(direction)``
+        when given (an update fused with the restore of the last probe); then reshard."""
+        for direction in self.directions:
+            if update is None:
+                direction.move_(coeffs_of(direction))
+            else:
+                update(direction)
+        fsdp.reshard(self.gathered)  # their next forward gathers the moved shards
+
+    def estimates(self, closure, mu: float, name: str, group, restore_last: bool = True, split: bool = False):
+        """``two_point.estimates`` along the step's directions: ``(coeffs, loss, failed)``."""
+        queries = self.queries
+
+        def move(j, alpha):
+            self.move(lambda direction: one_hot(j, alpha, queries))
+        return two_point.estimates(closure, move, queries, mu, name, self.devices, restore_last=restore_last,
+                                   group=group, split=split)
+
+    def norm(self, coeffs) -> float:
+        """``||sum_j coeffs[j] D_j||`` over every parameter and every rank's share."""
+        return shards.total((d.norm_sq(coeffs), d.shard) for d in self.directions) ** 0.5
