@@ -34,6 +34,51 @@ def pytest_configure(config):
         config.option.benchmark_disable = True
 
 
+# -- the suite's tiers (README, "Tests"), marked here and nowhere else -------------------------------
+# ``distributed``: gloo processes; ``interpreter``: Triton kernels through the interpreter; ``slow``:
+# what the fast tier (``-m "not slow"``) leaves out. The fast tier still runs every optimizer (the
+# kept trajectories on the torch and cpp backends, the optimizers' own files), every op and the
+# Triton backend (every op's Triton kernel in test_fallback.py, the kernels' own small tests).
+DISTRIBUTED = ("test_distributed_", "test_example_distributed")  # file name prefixes
+INTERPRETER = ("test_triton_", "test_one_trajectory", "test_fallback")
+SLOW_FILES = ("test_bench.py", "test_examples.py", "test_finetune_minilm.py", "test_hf_trainer_example.py",
+              "test_step_memory.py", "test_gpu_compile.py", "test_cuda_sources.py", "test_one_trajectory.py",
+              "test_triton_optimizers.py")
+SLOW_TESTS = {  # file::test of other files, each several seconds on a 2-core CPU
+    "test_hf_trainer.py::test_two_processes_through_accelerate_keep_identical_replicas_and_train_as_one",
+    "test_hf_trainer.py::test_every_optimizer_trains_at_the_arguments_learning_rate_and_logs_its_real_loss",
+    "test_hf_trainer.py::test_a_run_resumed_from_a_mid_run_checkpoint_ends_bit_identical",
+    "test_hf_trainer.py::test_accumulating_two_micro_batches_of_4_is_one_batch_of_8",
+    "test_hf_trainer.py::test_torch_compile_trains_as_the_eager_model",
+    "test_state_bits.py::test_8_bit_state_follows_the_float32_run_over_many_steps",
+    "test_lozo.py::test_the_update_is_unbiased_up_to_the_rank",
+    "test_package.py::test_without_the_extension_everything_runs_on_the_reference",
+    "test_triton_perturb.py::test_gpu_launch_sizes_and_fp64",
+    "test_kept_trajectories.py::test_two_optimizers_in_one_process_keep_their_own_backend",
+}
+
+
+def _tiers(item) -> set:
+    name = item.path.name
+    params = getattr(item, "callspec", None)
+    tiers = set()
+    if name.startswith(DISTRIBUTED):
+        tiers |= {"distributed", "slow"}
+    if name.startswith(INTERPRETER) or (params is not None and "triton" in params.params.values()):
+        tiers.add("interpreter")
+        if params is not None and "triton" in params.params.values():  # a whole run on the interpreter
+            tiers.add("slow")
+    if name in SLOW_FILES or f"{name}::{item.originalname}" in SLOW_TESTS:
+        tiers.add("slow")
+    return tiers
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for tier in sorted(_tiers(item)):
+            item.add_marker(tier)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

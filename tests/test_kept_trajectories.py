@@ -5,7 +5,11 @@ shape and SHA-256 of its bytes; its float64 sum to say how far a changed one mov
 that moves a rounding shows here first.
 
 The kept file is rewritten with ``python tests/test_kept_trajectories.py`` only when a change is
-meant to change a trajectory (say so in the commit)."""
+meant to change a trajectory (say so in the commit). The bits are this machine's: another processor
+or BLAS rounds a matmul otherwise (two 8-bit tests, tests/test_state_bits.py and
+tests/test_triton_adam8.py, showed this one rounding unlike the machine before it). On a new kind of
+machine, rewrite the file from the code it was kept from (commit c30b97c, the landed main before
+issue 26's restructuring, with this file added) and then run the test on the current code."""
 import hashlib
 import json
 import pathlib
@@ -108,7 +112,7 @@ def fingerprint(tensor: torch.Tensor) -> list:
 
 
 CASES = [pytest.param(name, backend, marks=[requires_ext] if backend == "cpp" else
-                      [requires_triton, pytest.mark.interpreter] if backend == "triton" else [])
+                      [requires_triton] if backend == "triton" else [])
          for name in OPTIMIZERS for backend in BACKENDS]
 
 
@@ -131,8 +135,7 @@ def test_the_kept_trajectory_bit_for_bit(name, backend, kept, monkeypatch):
 
 @requires_ext
 @requires_triton
-@pytest.mark.interpreter
-@pytest.mark.parametrize("name", ["LowRankAdamW-per-layer", "Lorenza"])
+@pytest.mark.parametrize("name", ["LowRankAdamW-per-layer", "MeZO"])
 def test_two_optimizers_in_one_process_keep_their_own_backend(name, kept, monkeypatch):
     """``backend=`` wins over LORENZA_BACKEND, and two optimizers stepping in turn each keep theirs
     (the per-layer one in its backward hooks too)."""

@@ -109,3 +109,37 @@ def test_the_depth_count_sees_a_deep_chain():
 def test_every_public_optimizer_is_at_most_three_classes_below_torch_optim(name):
     chain = classes_below_optimizer(getattr(lorenza, name))
     assert len(chain) <= MOST_CLASSES_BELOW_OPTIMIZER, " -> ".join(c.__name__ for c in chain)
+
+
+def layer_list() -> list:
+    """The package's entries in docs/design.md's layer list, top first: ``lorenza/optim/``,
+    ``lorenza/projector.py``, ..."""
+    text = (PACKAGE.parent / "docs" / "design.md").read_text()
+    block = text.split("## Layers", 1)[1].split("```")[1]
+    return [line.split()[0] for line in block.splitlines() if line.startswith("lorenza/")]
+
+
+def layer_of(module: str, layers: list) -> int:
+    """The index in ``layers`` of the entry holding ``module`` (``lorenza.optim.sam`` is in
+    ``lorenza/optim/``)."""
+    if module == "lorenza":
+        return layers.index("lorenza/__init__.py")
+    parts = module.split(".")
+    for depth in (2, 1):
+        folder, file = "/".join(parts[:depth]) + "/", "/".join(parts[:depth]) + ".py"
+        for entry in (folder, file):
+            if entry in layers:
+                return layers.index(entry)
+    raise AssertionError(f"{module} is in no entry of docs/design.md's layer list")
+
+
+def test_every_module_imports_only_layers_below_its_own_in_the_design_list():
+    layers = layer_list()
+    assert layers[:2] == ["lorenza/__main__.py", "lorenza/__init__.py"] and "lorenza/optim/" in layers
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        own = layer_of(module, layers)
+        for name in imported(path):
+            if name.startswith("lorenza.") and name.split(".")[1] not in ("_C", "__version__"):
+                target = ".".join(name.split(".")[:2]) if (PACKAGE / name.split(".")[1]).is_dir() else name
+                assert layer_of(target, layers) >= own, f"{module} imports {name}, a layer above it"

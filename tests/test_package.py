@@ -54,7 +54,7 @@ def test_without_the_extension_everything_runs_on_the_reference():
 
 
 def test_explicit_backend_that_cannot_run_raises(monkeypatch):
-    under_test = backend.Op("kernel_under_test", {backend.TRITON: None}, (), lambda args, kwargs: False)
+    under_test = backend.Op("kernel_under_test", {backend.TRITON: None}, (), None)
     monkeypatch.setitem(backend.OPS, "kernel_under_test", under_test)
     monkeypatch.setenv("LORENZA_BACKEND", "triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

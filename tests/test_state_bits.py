@@ -109,10 +109,13 @@ def moment_bytes(opt) -> int:
 
 
 # Relative distance from the float32-state run after 100 steps (against how far the weights moved),
-# and the ratio of the final losses, allowed: about twice this machine's (LowRankAdamW 0.031 and
+# and the ratio of the final losses, allowed: about twice what was measured (LowRankAdamW 0.031 and
 # 1.0008 with the loss from 1.08 to 0.74, Lorenza 0.031 and 1.0007, AdaZoSAM 0.016 and 1.09 with the
-# loss from 1.08 to 4e-4, ProjFactor 0.0054 and 0.9998 with its first moment alone in 8 bits).
-APART, LOSS_RATIO = 0.06, 1.2
+# loss from 1.08 to 4e-4, ProjFactor 0.0054 and 0.9998 with its first moment alone in 8 bits). A run
+# that ends near zero (AdaZoSAM) is held to its final loss within 1% of the starting loss instead:
+# there the ratio of two losses of 1e-4 measures rounding (1.09 on one 2-core machine, 1.36 on another
+# with the same code), not learning.
+APART, LOSS_RATIO, NEAR_ZERO = 0.06, 1.2, 0.01
 
 
 @pytest.mark.parametrize("name", ["LowRankAdamW", "Lorenza", "AdaZoSAM", "ProjFactor"])
@@ -134,7 +137,9 @@ def test_8_bit_state_follows_the_float32_run_over_many_steps(name):
     start = torch.cat([p.detach().flatten() for p in mlp().parameters()])
     apart = float((runs[8][0] - runs[32][0]).norm() / (runs[32][0] - start).norm())
     ratio = runs[8][1][-1] / runs[32][1][-1]
-    assert apart < APART and ratio < LOSS_RATIO and runs[32][1][-1] < 0.8 * runs[32][1][0], (apart, ratio)
+    close_to_zero = runs[8][1][-1] - runs[32][1][-1] < NEAR_ZERO * runs[32][1][0]
+    assert apart < APART and (ratio < LOSS_RATIO or close_to_zero), (apart, ratio)
+    assert runs[32][1][-1] < 0.8 * runs[32][1][0]
 
 
 def test_8_bit_state_resumes_bit_identically_and_converts_from_float32():

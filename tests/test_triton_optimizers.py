@@ -43,7 +43,6 @@ OPTIMIZERS = {
     "LowRankAdamW-random": (low_rank(LowRankAdamW, projector="random"), first_order),
     # per-layer: the subspace Adam kernel on the accumulated projections
     "LowRankAdamW-per-layer": (low_rank(LowRankAdamW, projector="svd", per_layer=True), first_order),
-    "Lorenza": (low_rank(Lorenza, projector="svd", zo_queries=2), with_closure),
     "Lorenza+": (low_rank(Lorenza, projector="svd", residual=True), with_closure),
     "MeZO": (lambda m: MeZO(m.parameters(), lr=1e-3, weight_decay=0.1, seed=3), with_closure),
     "LOZO": (lambda m: LOZO(m.parameters(), lr=1e-3, rank=2, nu=3, seed=3), with_closure),

@@ -40,9 +40,9 @@ TORCH, EXT, TRITON = "torch", "ext", "triton"
 class Op:
     """An op: its implementations (backend -> function), the positional arguments they write in
     place (a tensor, or a list or tuple of tensors or of moments made of tensors), which
-    ``fallback`` saves before a Triton kernel first runs for a configuration, and ``torch_only``:
-    ``(args, kwargs) -> bool``, the calls only the PyTorch implementation takes, whatever the
-    backend (a sharded tensor, a stream offset)."""
+    ``fallback`` saves before a Triton kernel first runs for a configuration, and ``torch_only``
+    (None, or ``(args, kwargs) -> bool``): the calls only the PyTorch implementation takes, whatever
+    the backend (a sharded tensor, a stream offset)."""
 
     def __init__(self, name: str, implementations: dict, writes: tuple, torch_only):
         self.name, self.implementations, self.writes, self.torch_only = name, implementations, writes, torch_only
@@ -60,7 +60,7 @@ def declare(name: str, *, torch, triton=None, ext=None, writes=(), torch_only=No
     Triton or ``lorenza._C`` before an op runs there), what it writes in place and the calls only
     PyTorch takes. Returns the op; calling it runs the backend chosen for a device."""
     implementations = {TORCH: torch, **({TRITON: triton} if triton else {}), **({EXT: ext} if ext else {})}
-    OPS[name] = Op(name, implementations, tuple(writes), torch_only or (lambda args, kwargs: False))
+    OPS[name] = Op(name, implementations, tuple(writes), torch_only)
     return OPS[name]
 
 
@@ -101,9 +101,12 @@ def _source() -> str:
 
 def requested() -> str:
     choice = getattr(_chosen, "choice", None)
-    if choice is not None:
-        return choice
-    return checked_choice(os.environ.get("LORENZA_BACKEND", "auto").strip() or "auto", "LORENZA_BACKEND")
+    return _from_environment(os.environ.get("LORENZA_BACKEND", "")) if choice is None else choice
+
+
+@functools.lru_cache(maxsize=None)
+def _from_environment(value: str) -> str:
+    return checked_choice(value.strip() or "auto", "LORENZA_BACKEND")
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,9 +190,26 @@ def explain(op: str, device) -> tuple:
     return TORCH, "; ".join(skipped) or f"auto has no faster {op} for {device.type} tensors"
 
 
+_resolved = {}  # (op, device type, choice, TRITON_INTERPRET) -> backend, while fallback.generation stays
+_resolved_generation = [None]
+
+
 def resolve(op: str, device) -> str:
-    """The backend that runs ``op`` for tensors on ``device``; raises if an explicit one can't."""
-    device = torch.device(device)
+    """The backend that runs ``op`` for tensors on ``device``; raises if an explicit one can't. Once
+    found, an answer is a dictionary lookup until the choice, ``TRITON_INTERPRET`` or the record of
+    failed kernels changes (what a step pays per op call: ``python -m bench``'s dispatch line)."""
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    if _resolved_generation[0] != fallback.generation:
+        _resolved.clear()
+        _resolved_generation[0] = fallback.generation
+    key = (op, device.type, requested(), os.environ.get("TRITON_INTERPRET"))
+    backend = _resolved.get(key)
+    if backend is None:
+        backend = _resolved[key] = _resolve(op, device)
+    return backend
+
+
+def _resolve(op: str, device: torch.device) -> str:
     backend, reason = explain(op, device)
     if _explicit(op) is not None:
         if _why_not(backend, op, device) is not None:
@@ -213,9 +233,10 @@ def call(op: str, device, *args, **kwargs):
     """Run ``op`` on the backend chosen for tensors on ``device`` (PyTorch for a call its declaration
     routes there); under ``auto``, a Triton kernel that fails is undone and the op runs on the
     PyTorch reference (fallback.py)."""
-    if OPS[op].torch_only(args, kwargs):
-        return implementation(op, TORCH)(*args, **kwargs)
-    device = torch.device(device)
+    declared = OPS[op]
+    if declared.torch_only is not None and declared.torch_only(args, kwargs):
+        return declared.implementations[TORCH](*args, **kwargs)
+    device = device if isinstance(device, torch.device) else torch.device(device)
     backend = resolve(op, device)
     run = implementation(op, backend)
     if backend != TRITON or _explicit(op) is not None:

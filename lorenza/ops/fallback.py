@@ -21,6 +21,7 @@ FAILED = object()  # what attempt returns once a failure is caught, recorded and
 
 _failed = {}  # (op, device type) -> why its Triton kernel is no longer tried
 _launched = set()  # (op, configuration) that ran once on Triton: no copies any more
+generation = 0  # moves on at every failure recorded and every reset: backend's resolutions are stale
 
 
 def failure(op: str, device_type: str):
@@ -30,8 +31,10 @@ def failure(op: str, device_type: str):
 
 def reset() -> None:
     """Forget every failure and every successful configuration (tests)."""
+    global generation
     _failed.clear()
     _launched.clear()
+    generation += 1
 
 
 def attempt(op: str, device: torch.device, kernel, written, args, kwargs):
@@ -53,7 +56,9 @@ def attempt(op: str, device: torch.device, kernel, written, args, kwargs):
         restore(saved)
         if not is_failure(error):
             raise
+        global generation
         _failed[(op, device.type)] = describe(error, device, kernel)
+        generation += 1
         return FAILED
     _launched.add(key)
     return result
