@@ -103,9 +103,9 @@ class LorenzaOptimizer(Optimizer):
         """One optimizer step; returns the loss (None when no closure gave one). ``step()`` with no
         closure on a fresh optimizer whose learning rates are 0 only initialises its state, as
         ``torch.distributed.checkpoint`` asks (:meth:`initializing_step`)."""
-        if self.initializing_step(closure):
-            return None
         with ops.chosen(self.backend):
+            if self.initializing_step(closure):
+                return None
             prepared = self._prepare(closure)
             loss, gradient = self._gradient(closure, prepared)
             if gradient is not None:
