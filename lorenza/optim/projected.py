@@ -180,8 +180,9 @@ class ProjectedOptimizer(LorenzaOptimizer):
     def folded_shard(param, side: str, granularity: int, tensor_id: int):
         """The ``RowShard`` of the parameter's projected view, None unless it is sharded by rows."""
         shard = row_shard(param)
-        what = f"parameter {tensor_id} (shape {tuple(param.shape)})"
-        return None if shard is None else shard.folded(side, granularity, what)
+        if shard is None:  # the usual step builds no message (a string built from tensors breaks a traced graph)
+            return None
+        return shard.folded(side, granularity, f"parameter {tensor_id} (shape {tuple(param.shape)})")
 
     @staticmethod
     def placed_basis(param, projection):
