@@ -63,9 +63,12 @@ def _flat(param, grad, exp_avg, exp_avg_sq) -> bool:
 
 
 def _laid_out_otherwise(args, kwargs) -> bool:
-    """A tensor the multi-tensor kernels cannot index flat (a transposed weight with contiguous
-    moments): the PyTorch implementation takes it, whatever the backend."""
-    return not all(map(_flat, *args[:4]))
+    """Tensors the multi-tensor kernels cannot index flat (a transposed weight with contiguous
+    moments): the PyTorch implementation takes them, whatever the backend. ``adam_`` batches the
+    tensors by layout, so the first member stands for its batch (the flatness of every member is
+    not checked twice per step)."""
+    params, grads, exp_avgs, exp_avg_sqs = args[:4]
+    return bool(params) and not _flat(params[0], grads[0], exp_avgs[0], exp_avg_sqs[0])
 
 
 PROJECTED_ADAM = backend.declare("projected_adam", torch=_reference_projected_adam_, triton=_triton_projected_adam_,

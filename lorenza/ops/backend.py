@@ -197,7 +197,8 @@ _resolved_generation = [None]
 def resolve(op: str, device) -> str:
     """The backend that runs ``op`` for tensors on ``device``; raises if an explicit one can't. Once
     found, an answer is a dictionary lookup until the choice, ``TRITON_INTERPRET`` or the record of
-    failed kernels changes (what a step pays per op call: ``python -m bench``'s dispatch line)."""
+    failed kernels (``fallback.generation``, which ``fallback.reset`` moves too) changes: what a step
+    pays per op call."""
     device = device if isinstance(device, torch.device) else torch.device(device)
     if _resolved_generation[0] != fallback.generation:
         _resolved.clear()
@@ -241,7 +242,7 @@ def call(op: str, device, *args, **kwargs):
     run = implementation(op, backend)
     if backend != TRITON or _explicit(op) is not None:
         return run(*args, **kwargs)
-    result = fallback.attempt(op, device, run, OPS[op].writes, args, kwargs)
+    result = fallback.attempt(op, device, run, declared.writes, args, kwargs)
     if result is not fallback.FAILED:
         return result
     _warn_fallback(op, device.type, fallback.failure(op, device.type))  # resolve repeats it: cached

@@ -30,14 +30,11 @@ class Probes:
         self.gathered = fsdp.owners(params)  # FSDP2 modules whose gathered weights a move outdates
         self.devices = two_point.cuda_devices(params)  # whose generators the closure may draw from
 
-    def move(self, coeffs_of, update=None) -> None:
-        """Move every parameter: ``direction.move_(coeffs_of(direction))``, or ``update(direction)``
-        when given (an update fused with the restore of the last probe); then reshard."""
+    def move(self, change) -> None:
+        """``change(direction)`` for every parameter's direction (a move along it, or an update fused
+        with the restore of the last probe); then reshard."""
         for direction in self.directions:
-            if update is None:
-                direction.move_(coeffs_of(direction))
-            else:
-                update(direction)
+            change(direction)
         fsdp.reshard(self.gathered)  # their next forward gathers the moved shards
 
     def estimates(self, closure, mu: float, name: str, group, restore_last: bool = True, split: bool = False):
@@ -45,7 +42,7 @@ class Probes:
         queries = self.queries
 
         def move(j, alpha):
-            self.move(lambda direction: one_hot(j, alpha, queries))
+            self.move(lambda direction: direction.move_(one_hot(j, alpha, queries)))
         return two_point.estimates(closure, move, queries, mu, name, self.devices, restore_last=restore_last,
                                    group=group, split=split)
 

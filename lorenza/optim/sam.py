@@ -113,7 +113,7 @@ class SharpnessAware:
 
         def move_back():
             if ascent is not None:
-                step_probes.move(lambda d: [-c for c in ascent(d)])
+                step_probes.move(lambda d: d.move_([-c for c in ascent(d)]))
 
         def undo():
             move_back()
@@ -126,7 +126,7 @@ class SharpnessAware:
         for param in params:
             param.grad = None
         if ascent is not None:
-            step_probes.move(ascent)
+            step_probes.move(lambda d: d.move_(ascent(d)))
         total = None
         with torch.enable_grad():
             for part in two_point.parts(closure):  # micro-batches: one graph alive at a time

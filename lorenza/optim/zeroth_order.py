@@ -127,5 +127,5 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
 
     def _update(self, estimate) -> None:
         step_probes, coeffs, mu = estimate
-        step_probes.move(None, update=lambda direction: self._update_one(direction, coeffs, mu))
+        step_probes.move(lambda direction: self._update_one(direction, coeffs, mu))
         self._last_estimate = step_probes, [c / len(coeffs) for c in coeffs]
