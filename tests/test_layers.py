@@ -143,3 +143,16 @@ def test_every_module_imports_only_layers_below_its_own_in_the_design_list():
             if name.startswith("lorenza.") and name.split(".")[1] not in ("_C", "__version__"):
                 target = ".".join(name.split(".")[:2]) if (PACKAGE / name.split(".")[1]).is_dir() else name
                 assert layer_of(target, layers) >= own, f"{module} imports {name}, a layer above it"
+
+
+MOST_OPTIM_MODULES_IMPORTING_DISTRIBUTED = 2  # the parameter's view and the optimizer's ranks
+
+
+def test_at_most_two_optim_modules_import_lorenza_distributed():
+    """Sharding stays behind ``optim/view.py`` and ``optim/ranks.py``: the optimizers see a parameter
+    through its ``ParamView`` and make collectives through their ``Ranks``."""
+    importing = [path.name for path in modules_of("optim")
+                 if any(name == "lorenza.distributed" or name.startswith("lorenza.distributed.")
+                        for name in imported(path))]
+    assert "view.py" in importing  # the inspection sees what it counts
+    assert len(importing) <= MOST_OPTIM_MODULES_IMPORTING_DISTRIBUTED, importing

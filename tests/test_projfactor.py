@@ -158,7 +158,7 @@ def test_the_official_reseeding_loses_all_micro_batches_but_the_last():
         opt = ProjFactor([W], rank=rank, seed=seed, per_layer=True)
         for g in (g1, g2):
             (W * g).sum().backward()
-        projection = opt.projection(W, opt.param_groups[0], 0, this_step=True)
+        projection = opt.projection(next(opt.views()), this_step=True)
         ours_mean += projection.lift(opt.state[W]["projected_grad"]) / draws
     total = g1 + g2
 

@@ -2,8 +2,8 @@
 docs/algorithms.md, section 5). Its tensor-train adapters are in :mod:`lorenza.adapters`."""
 import math
 
-from ..distributed.shards import DTensor
 from . import _checks
+from .view import is_dtensor
 from .zeroth_order import ZerothOrderOptimizer
 
 DEFAULT_RATE = 0.5  # the official code's inc_rate
@@ -69,7 +69,7 @@ class AdaZeta(ZerothOrderOptimizer):
         # (FSDP2, another world size) splits as its new constructor says
         if not isinstance(split_queries, bool):
             raise TypeError(f"split_queries must be True or False, got {split_queries!r}")
-        if split_queries and any(isinstance(p, DTensor) for _, p, _ in self.params_with_ids()):
+        if split_queries and any(is_dtensor(view.param) for view in self.views()):
             raise ValueError("split_queries needs the weights replicated on every rank (DDP or none): "
                              "ranks evaluating different queries would move FSDP2's shards of one weight "
                              "along different directions; split the batch instead (the default)")

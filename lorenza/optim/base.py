@@ -7,9 +7,9 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from .. import ops
-from ..distributed import agreed_seed, any_over_ranks, data_parallel_group
-from ..distributed.shards import local
 from . import _checks
+from .ranks import Ranks
+from .view import ParamView
 
 
 class LorenzaOptimizer(Optimizer):
@@ -44,16 +44,21 @@ class LorenzaOptimizer(Optimizer):
     def __init__(self, params, defaults: dict, process_group=None, backend=None):
         params = list(params)
         self.backend = None if backend is None else ops.checked_choice(backend)
-        self.process_group = data_parallel_group(params) if process_group is None else process_group
+        self.process_group = Ranks.default_group(params) if process_group is None else process_group
         self._gradient_hooks = OrderedDict()
         seed = defaults.get("seed")
-        seed = agreed_seed(self.process_group) if seed is None else seed
+        seed = self.ranks.seed() if seed is None else seed
         super().__init__(params, dict(defaults, seed=seed))
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_gradient_hooks", OrderedDict())  # hooks are not pickled
         self.__dict__.setdefault("backend", None)
+
+    @property
+    def ranks(self) -> Ranks:
+        """The collectives of this optimizer's steps, over its ``process_group``."""
+        return Ranks(self.process_group)
 
     @property
     def clips_own_gradients(self) -> bool:
@@ -88,21 +93,28 @@ class LorenzaOptimizer(Optimizer):
             self.param_groups.pop()
             raise
 
-    def params_with_ids(self):
-        """``(group, param, tensor_id)`` over every parameter, ids in ``state_dict`` order."""
+    def views(self):
+        """A :class:`~lorenza.optim.view.ParamView` of every parameter, ids in ``state_dict`` order:
+        how a step sees its parameters."""
         tensor_id = 0
         for group in self.param_groups:
             for param in group["params"]:
-                yield group, param, tensor_id
+                yield ParamView.of(param, group, tensor_id)
                 tensor_id += 1
 
     # -- the step -----------------------------------------------------------------------------
 
+    @torch._disable_dynamo  # torch.compiler.disable, importing dynamo at the first step (as torch.optim does)
     @torch.no_grad()
     def step(self, closure=None):
         """One optimizer step; returns the loss (None when no closure gave one). ``step()`` with no
         closure on a fresh optimizer whose learning rates are 0 only initialises its state, as
-        ``torch.distributed.checkpoint`` asks (:meth:`initializing_step`)."""
+        ``torch.distributed.checkpoint`` asks (:meth:`initializing_step`).
+
+        Under ``torch.compile`` the step runs eagerly (one graph break where it is called): traced,
+        torch 2.13's dynamo hands a step's per-parameter code another parameter's state (same-shaped
+        weights took each other's moments), so no part of it is traced until it needs no break
+        (docs/design.md, "torch.compile")."""
         with ops.chosen(self.backend):
             if self.initializing_step(closure):
                 return None
@@ -143,9 +155,9 @@ class LorenzaOptimizer(Optimizer):
         gradient."""
         if closure is not None or self.state or any(group["lr"] != 0 for group in self.param_groups):
             return False
-        grads = [param.grad for _, param, _ in self.params_with_ids() if param.grad is not None]
-        real = not grads or any(bool(local(grad).any()) for grad in grads)
-        if any_over_ranks(real, self.process_group, grads[0].device if grads else None):  # one answer for all
+        grads = [view.grad for view in self.views() if view.grad is not None]
+        real = not grads or any(bool(grad.any()) for grad in grads)
+        if self.ranks.any(real, grads[0].device if grads else None):  # one answer for all
             return False
         self.init_state()
         return True
@@ -165,7 +177,7 @@ class LorenzaOptimizer(Optimizer):
         saved_state = state_dict["state"]
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         super().load_state_dict(state_dict)
-        for saved_id, (_, param, _) in zip(saved_ids, self.params_with_ids()):
+        for saved_id, view in zip(saved_ids, self.views()):
             for key, value in saved_state.get(saved_id, {}).items():
                 if torch.is_tensor(value) and key != "step":
-                    self.state[param][key] = value.detach().to(device=param.device, copy=True)
+                    self.state[view.param][key] = value.detach().to(device=view.param.device, copy=True)

@@ -7,7 +7,6 @@ A direction object belongs to one parameter and holds the keys of its ``q`` dire
 import torch
 
 from .. import ops
-from ..distributed.shards import local, row_shard
 from ..random import Stream, stream_key
 
 
@@ -21,18 +20,18 @@ def probe_keys(group: dict, tensor_id: int, queries: int) -> list:
 
 
 class ProbeDirection:
-    """Gaussian directions: full-shaped (MeZO, AdaZeta, AdaZoSAM), or ``D_j = lift(Z_j)`` with
-    ``Z_j`` shaped like the projected gradient when ``projection`` is set (Lorenza).
+    """Gaussian directions of ``view``'s parameter: full-shaped (MeZO, AdaZeta, AdaZoSAM), or
+    ``D_j = lift(Z_j)`` with ``Z_j`` shaped like the projected gradient when ``projection`` is set
+    (Lorenza).
 
-    For a parameter sharded by rows (FSDP2) each rank moves its own rows, with the noise of their
-    global element indices, so the directions are the single process's whatever the sharding;
-    ``shard`` is then its ``distributed.shards.RowShard``."""
+    For a parameter sharded by rows (FSDP2) each rank moves its own rows (``weight``), with the
+    noise of their global element indices (from ``first``), so the directions are the single
+    process's whatever the sharding; ``shard`` is the view's."""
 
-    def __init__(self, param, group, keys, projection=None):
-        self.param, self.group, self.keys, self.projection = param, group, keys, projection
-        self.weight, self.shard = local(param), row_shard(param)  # the block this rank moves
-        row_numel = param.numel() // param.shape[0] if param.dim() and param.shape[0] else 0
-        self.first = self.shard.offset * row_numel if self.shard is not None else 0
+    def __init__(self, view, keys, projection=None):
+        self.view, self.keys, self.projection = view, keys, projection
+        self.param, self.group = view.param, view.group
+        self.weight, self.shard, self.first = view.weight, view.shard, view.first  # the block this rank moves
 
     def check(self) -> None:
         """Raise now, before any weight moves, for what would make a move fail halfway."""
@@ -50,7 +49,7 @@ class ProbeDirection:
 
     def norm_sq(self, coeffs) -> torch.Tensor:
         """``||sum_j coeffs[j] * D_j||^2`` over this rank's rows (the whole unless sharded: the shares
-        of the ranks sum to it, ``shards.total``)."""
+        of the ranks sum to it, ``Ranks.total``)."""
         if self.projection is None:
             return ops.norm_sq(self.weight.numel(), coeffs, self.keys, self.param.device, self.first)
         combined = ops.combination(self.projection.subspace_shape(), coeffs, self.keys, self.param.device,

@@ -3,11 +3,11 @@ docs/algorithms.md, section 4)."""
 import torch
 
 from .. import ops
-from ..distributed.shards import local, placed_like, row_shard
 from ..projector import work_dtype
 from ..random import Stream, stream_key
 from . import _checks
 from .directions import ProbeDirection, probe_keys
+from .view import held
 from .zeroth_order import ZerothOrderOptimizer
 
 
@@ -33,10 +33,10 @@ class LowRankDirection:
     For a weight sharded by rows (FSDP2) each rank moves its rows: ``U``'s rows for them (made here,
     ``rows x rank``), ``V`` whole."""
 
-    def __init__(self, param, group, tensor_id):
-        step = group["zo_step"]
-        self.param, self.group, self.tensor_id = param, group, tensor_id
-        self.weight, self.shard = local(param), row_shard(param)
+    def __init__(self, view):
+        group, tensor_id, step = view.group, view.id, view.group["zo_step"]
+        self.view, self.param, self.group, self.tensor_id = view, view.param, group, tensor_id
+        self.weight, self.shard = view.weight, view.shard
         self.v_refresh = step - step % group["nu"]
         self.step = step
         self.key_u = factor_key(group, Stream.LOW_RANK_U, step, tensor_id)
@@ -116,9 +116,9 @@ class LOZO(ZerothOrderOptimizer):
             raise ValueError(f"Invalid momentum value: {group['momentum']} (must be in [0, 1))")
 
     def _directions(self, trainable, queries):
-        return [LowRankDirection(param, group, tensor_id) if param.dim() == 2
-                else ProbeDirection(param, group, probe_keys(group, tensor_id, queries))
-                for group, param, tensor_id in trainable]
+        return [LowRankDirection(view) if view.param.dim() == 2
+                else ProbeDirection(view, probe_keys(view.group, view.id, queries))
+                for view in trainable]
 
     def _update_one(self, direction, coeffs, mu):
         beta = direction.group["momentum"]
@@ -130,21 +130,22 @@ class LOZO(ZerothOrderOptimizer):
             self._momentum_full(direction, coeffs[0], beta, mu)
 
     def init_state(self) -> None:
-        for group, param, _ in self.params_with_ids():
-            if param.requires_grad and group["momentum"] > 0:
-                self._momentum(param, group)
+        for view in self.views():
+            if view.param.requires_grad and view.group["momentum"] > 0:
+                self._momentum(view)
 
-    def _momentum(self, param, group) -> dict:
+    def _momentum(self, view) -> dict:
         """The parameter's LOZO-M state, made if missing: ``momentum_buffer`` (``N``, placed like the
         weight: this rank's rows of ``m x rank`` for a 2-D weight, else full-shaped), ``step`` (its
         updates so far: the first sets ``N = c U``) and, for a 2-D weight, ``momentum_v_refresh``
         (the refresh step of the ``V`` that ``N`` is in)."""
+        param = view.param
         state = self.state[param]
         if "momentum_buffer" not in state:
             dtype = work_dtype(param.dtype)
             if param.dim() == 2:
-                zeros = torch.zeros(local(param).shape[0], group["rank"], dtype=dtype, device=param.device)
-                state["momentum_buffer"] = placed_like(param, zeros, param.shape[0])
+                zeros = torch.zeros(view.weight.shape[0], view.group["rank"], dtype=dtype, device=param.device)
+                state["momentum_buffer"] = view.placed(zeros, view.rows)
                 state["momentum_v_refresh"] = torch.tensor(0)
             else:  # a DTensor for a DTensor
                 state["momentum_buffer"] = torch.zeros_like(param, dtype=dtype,
@@ -155,8 +156,8 @@ class LOZO(ZerothOrderOptimizer):
 
     def _momentum_low_rank(self, direction, c, beta, mu):
         param, group = direction.param, direction.group
-        state = self._momentum(param, group)
-        N = local(state["momentum_buffer"])
+        state = self._momentum(direction.view)
+        N = held(state["momentum_buffer"])
         U = direction.U.to(N.dtype)
         if not state["step"]:
             N.copy_(U).mul_(c)
@@ -175,11 +176,11 @@ class LOZO(ZerothOrderOptimizer):
 
     def _momentum_full(self, direction, c, beta, mu):
         param, group = direction.param, direction.group
-        state = self._momentum(param, group)
+        state = self._momentum(direction.view)
         first = not state["step"]
         state["step"] += 1
         weight = direction.weight
-        flat_w, flat_n = weight.view(-1), local(state["momentum_buffer"]).view(-1)
+        flat_w, flat_n = weight.view(-1), held(state["momentum_buffer"]).view(-1)
         scale, lr = self.decay_scale(param, group), group["lr"]
         for start, z in ops.chunks(weight.numel(), 1.0, direction.keys[0], param.device,
                                    direction.first):

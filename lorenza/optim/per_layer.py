@@ -8,9 +8,8 @@ import torch
 
 from .. import ops
 from .. import projector as proj
-from ..distributed import mean_, shards
-from ..distributed.shards import local, row_shard
 from . import _checks
+from .view import ParamView
 
 # id(param) -> (weak param, weak optimizer) projecting it in backward: no attribute is put on the
 # parameter, so a model pickles as before.
@@ -74,7 +73,7 @@ class PerLayer:
     def index(self, opt) -> None:
         """``id(param) -> (group, tensor_id)`` and the stagger numbering: what a gradient hook needs
         to find its projection (again after ``load_state_dict``: the groups are new dicts then)."""
-        self.owners = {id(param): (group, tensor_id) for group, param, tensor_id in opt.params_with_ids()}
+        self.owners = {id(view.param): (view.group, view.id) for view in opt.views()}
         opt.index_projected()
 
     def remove_hooks(self) -> None:
@@ -93,14 +92,15 @@ class PerLayer:
         if param.grad is None or not opt.is_projected(param, group):
             return
         opt.check_grad(param, param.grad, type(opt).__name__)
+        view = ParamView.of(param, group, tensor_id)
         if opt.refresh_due(param, group):  # the basis comes from the whole gradient: kept for the step
-            if row_shard(param) is None:
-                mean_(local(param.grad), opt.process_group)  # averaging an average changes nothing
+            if view.shard is None:
+                opt.ranks.mean_(view.grad)  # averaging an average changes nothing
             return
-        projection = opt.projection(param, group, tensor_id, this_step=True)
-        projected = projection.project(local(param.grad))
+        projection = opt.projection(view, this_step=True)
+        projected = projection.project(view.grad)
         if projection.shard is None:  # data parallel: average the m x r projection, not the m x n gradient
-            mean_(projected, opt.process_group)
+            opt.ranks.mean_(projected)
         state = opt.state[param]
         if ACCUMULATOR in state:
             state[ACCUMULATOR].add_(projected)
@@ -123,19 +123,20 @@ class PerLayer:
     def clip_grad_norm_(opt, max_norm: float) -> torch.Tensor:
         """The optimizer's ``clip_grad_norm_`` (see there): every ``.grad`` and every accumulator."""
         parts, scaled = [], []
-        for group, param, tensor_id in opt.params_with_ids():
-            if param.grad is not None:
-                parts.append((local(param.grad).double().square().sum(), row_shard(param)))
-                scaled.append(local(param.grad))
-            accumulated = opt.state.get(param, {}).get(ACCUMULATOR)
+        for view in opt.views():
+            group, grad = view.group, view.grad
+            if grad is not None:
+                parts.append((grad.double().square().sum(), view.shard))
+                scaled.append(grad)
+            accumulated = opt.state.get(view.param, {}).get(ACCUMULATOR)
             if accumulated is not None:
-                side = proj.side_for(param.shape, group["proj_type"])
+                side = proj.side_for(view.param.shape, group["proj_type"])
                 # on the right side each rank holds its rows of S; on the left S is whole everywhere
-                share = None if side == "left" else opt.folded_shard(param, side, group["granularity"], tensor_id)
+                share = None if side == "left" else opt.folded_shard(view, side, group["granularity"])
                 weight = 1.0 / group["rank"] if group["projector"] == "random" else 1.0
                 parts.append((accumulated.double().square().sum() * weight, share))
                 scaled.append(accumulated)
-        norm = torch.tensor(shards.total(parts) ** 0.5, dtype=torch.float64)
+        norm = torch.tensor(opt.ranks.total(parts) ** 0.5, dtype=torch.float64)
         factor = max_norm / (float(norm) + 1e-6)  # the epsilon of torch's clip_grad_norm_
         if factor < 1.0:
             for tensor in scaled:
@@ -159,27 +160,27 @@ class PerLayer:
                 param.grad = None
 
     def finite_entries(self, opt, entries) -> list:
-        """``entries`` without the weights whose gradient or accumulator holds a NaN or Inf (per-layer
+        """``entries`` (views) without the weights whose gradient or accumulator holds a NaN or Inf (per-layer
         mode; each skipped with a warning). One check for all, agreed over the ranks."""
         if not self.enabled or not entries:
             return list(entries)
         flags = []
-        for _, param, _ in entries:
-            parts = [t for t in (param.grad, opt.state.get(param, {}).get(ACCUMULATOR)) if t is not None]
+        for view in entries:
+            parts = [t for t in (view.grad, opt.state.get(view.param, {}).get(ACCUMULATOR)) if t is not None]
             # a float32 sum is NaN or Inf exactly when an element is (short of overflowing 3e38),
             # and allocates nothing the size of the tensor
-            sums = torch.stack([local(t).sum(dtype=torch.float32) for t in parts])
+            sums = torch.stack([t.sum(dtype=torch.float32) for t in parts])
             flags.append(torch.isfinite(sums).all())
         finite = torch.stack(flags).to(torch.float32)
-        if any(row_shard(param) is not None for _, param, _ in entries):  # a shard's NaN: every rank skips
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN, group=opt.process_group)
+        if any(view.shard is not None for view in entries):  # a shard's NaN: every rank skips
+            opt.ranks.all_finite(finite)
         if bool(finite.all()):  # the one synchronisation of the usual step
             return list(entries)
         kept = []
         for entry, is_finite in zip(entries, finite.tolist()):
             if not is_finite:
-                _, param, tensor_id = entry
-                warnings.warn(f"{type(opt).__name__}: non-finite gradient of parameter {tensor_id} (shape "
+                param = entry.param
+                warnings.warn(f"{type(opt).__name__}: non-finite gradient of parameter {entry.id} (shape "
                               f"{tuple(param.shape)}); its update is skipped this step", RuntimeWarning,
                               stacklevel=_checks.user_stacklevel())
                 param.grad = None
@@ -194,11 +195,11 @@ def take_accumulator(opt, param):
     return opt.state[param].pop(ACCUMULATOR, None) if param in opt.state else None
 
 
-def subspace_gradient(opt, param, projection):
+def subspace_gradient(opt, view, projection):
     """The step's projected gradient of a projected weight, taken out of the state: its accumulator
     plus the projection of what ``.grad`` holds; None when neither exists."""
-    S = take_accumulator(opt, param)
-    if param.grad is not None:
-        projected = projection.project(local(param.grad))
+    S = take_accumulator(opt, view.param)
+    if view.param.grad is not None:
+        projected = projection.project(view.grad)
         S = projected if S is None else S.add_(projected)
     return S

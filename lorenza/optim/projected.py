@@ -9,11 +9,11 @@ import warnings
 import torch
 
 from .. import projector as proj
-from ..distributed.shards import DTensor, local, placed_like, row_shard
 from ..random import Stream, stream_key
 from . import _checks, quantized_moments
 from .base import LorenzaOptimizer
 from .per_layer import PerLayer
+from .view import held, is_dtensor
 
 # GaLore's group keys, accepted as they are.
 ALIASES = {"update_proj_gap": "update_gap"}
@@ -97,7 +97,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
         _checks.one_of("proj_type", group["proj_type"], proj.PROJ_TYPES)
         _checks.int_at_least("granularity", group["granularity"], 1)
         _checks.one_of("state_bits", group["state_bits"], quantized_moments.STATE_BITS)
-        if group["state_bits"] != 32 and any(isinstance(p, DTensor) for p in group["params"]):
+        if group["state_bits"] != 32 and any(map(is_dtensor, group["params"])):
             raise ValueError("state_bits=8 is not yet supported for FSDP2's sharded parameters "
                              "(docs/algorithms.md, section 9)")
         if group["rank"] is not None:
@@ -124,9 +124,10 @@ class ProjectedOptimizer(LorenzaOptimizer):
     def index_projected(self) -> None:
         """Number the projected parameters 0, 1, ...: ``stagger`` spreads refreshes by this index."""
         self._projected_index = {}
-        for group, param, _ in self.params_with_ids():
-            if self.is_projected(param, group):
-                self._projected_index[id(param)] = len(self._projected_index)
+        for group in self.param_groups:
+            for param in group["params"]:
+                if self.is_projected(param, group):
+                    self._projected_index[id(param)] = len(self._projected_index)
 
     def _refresh_offset(self, param, group: dict) -> int:
         return self._projected_index[id(param)] % group["update_gap"] if group["stagger"] else 0
@@ -142,16 +143,18 @@ class ProjectedOptimizer(LorenzaOptimizer):
         step = int(state["step"]) if "step" in state else 0
         return proj.last_refresh(step, group["update_gap"], self._refresh_offset(param, group)) == step
 
-    def projection(self, param, group, tensor_id, grad=None, *, this_step=None):
-        """The parameter's :class:`~lorenza.projector.Projection`, or None when unprojected.
+    def projection(self, view, grad=None, *, this_step=None):
+        """The :class:`~lorenza.projector.Projection` of ``view``'s parameter, or None when unprojected.
 
-        ``this_step`` (default: whether ``grad`` is given) asks for the basis of the step about to
-        be taken: a refresh due then (or a missing basis) is computed from ``grad``, which only a
+        ``this_step`` (default: whether ``grad``, this rank's block of the gradient, is given) asks
+        for the basis of the step about to be taken: a refresh due then (or a missing basis) is
+        computed from ``grad``, which only a
         Gaussian basis does without; the caller stores it (``placed_basis``). Otherwise the basis
         the previous step used is returned, None if there was none. Nothing is written to the state
         here. For a parameter sharded by rows (FSDP2) the projection is this rank's part
         (``Projection``'s ``shard``), its basis refreshed by the sharded rSVD.
         """
+        param, group = view.param, view.group
         if not self.is_projected(param, group):
             return None
         state = self.state[param]
@@ -165,40 +168,40 @@ class ProjectedOptimizer(LorenzaOptimizer):
         kind, gap = group["projector"], group["update_gap"]
         side = proj.side_for(param.shape, group["proj_type"])
         refresh = proj.last_refresh(step, gap, self._refresh_offset(param, group))
-        seed = stream_key(group["seed"], Stream.BASIS, tensor_id, refresh)
+        seed = stream_key(group["seed"], Stream.BASIS, view.id, refresh)
         c = group["granularity"]
-        shard = self.folded_shard(param, side, c, tensor_id)
+        shard = self.folded_shard(view, side, c)
         if kind == "random":  # regenerated, never stored
-            basis = proj.compute_basis(local(param), group["rank"], side, kind, seed, c, shard)
+            basis = proj.compute_basis(view.weight, group["rank"], side, kind, seed, c, shard)
         elif grad is not None and this_step and self.refresh_due(param, group):
-            basis = proj.compute_basis(local(grad), group["rank"], side, kind, seed, c, shard)
+            basis = proj.compute_basis(grad, group["rank"], side, kind, seed, c, shard)
         else:
-            basis = local(state["basis"])
-        return proj.Projection(basis, side, kind, local(param).shape, c, shard)
+            basis = held(state["basis"])
+        return proj.Projection(basis, side, kind, view.weight.shape, c, shard)
 
     @staticmethod
-    def folded_shard(param, side: str, granularity: int, tensor_id: int):
+    def folded_shard(view, side: str, granularity: int):
         """The ``RowShard`` of the parameter's projected view, None unless it is sharded by rows."""
-        shard = row_shard(param)
-        if shard is None:  # the usual step builds no message (a string built from tensors breaks a traced graph)
+        if view.shard is None:  # the usual step builds no message (a string built from tensors breaks a traced graph)
             return None
-        return shard.folded(side, granularity, f"parameter {tensor_id} (shape {tuple(param.shape)})")
+        return view.shard.folded(side, granularity, f"parameter {view.id} (shape {tuple(view.param.shape)})")
 
     @staticmethod
-    def placed_basis(param, projection):
+    def placed_basis(view, projection):
         """The basis to store: placed like the parameter (its rows sharded with the parameter's on
         the left side, whole on every rank on the right)."""
         rows = projection.shard.total if projection.shard is not None and projection.side == "left" else None
-        return placed_like(param, projection.basis, rows)
+        return view.placed(projection.basis, rows)
 
     # -- state --------------------------------------------------------------------------------
 
-    def _moments(self, param, shapes: dict, count: bool = True, bits: int = 32):
+    def _moments(self, view, shapes: dict, count: bool = True, bits: int = 32):
         """The parameter's state with this step counted (unless ``count`` is False) and the zero
         moments it lacks created (float32, float64 for float64 weights; Adam's moments in 8 bits
         when ``bits`` is 8 and they are large enough, ``quantized_moments``). ``shapes`` maps each
         key to ``(shape, rows)``: this rank's shape, and for a DTensor parameter the global rows of a
-        tensor sharded like it, or None for one every rank holds whole (``shards.placed_like``)."""
+        tensor sharded like it, or None for one every rank holds whole (``ParamView.placed``)."""
+        param = view.param
         state = self.state[param]
         if "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -209,17 +212,17 @@ class ProjectedOptimizer(LorenzaOptimizer):
                 state.update(quantized_moments.zeros(key, shape, param.device))
             else:
                 zeros = torch.zeros(shape, dtype=proj.work_dtype(param.dtype), device=param.device)
-                state[key] = placed_like(param, zeros, rows)
+                state[key] = view.placed(zeros, rows)
         if count:
             state["step"] += 1
         return state
 
-    def _check_state(self, param, shape) -> None:
+    def _check_state(self, view, shape) -> None:
         """Raise if the moments were made for another subspace (``shape``: this rank's)."""
-        moment = self.state[param].get("exp_avg")
-        if moment is not None and tuple(local(moment).shape) != tuple(shape):
-            raise ValueError(f"{type(self).__name__}: a parameter of shape {tuple(param.shape)} has moments "
-                             f"of shape {tuple(local(moment).shape)} but its group now asks for "
+        moment = self.state[view.param].get("exp_avg")
+        if moment is not None and tuple(held(moment).shape) != tuple(shape):
+            raise ValueError(f"{type(self).__name__}: a parameter of shape {tuple(view.param.shape)} has "
+                             f"moments of shape {tuple(held(moment).shape)} but its group now asks for "
                              f"{tuple(shape)} (rank, proj_type or projector changed after it was stepped)")
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -229,37 +232,39 @@ class ProjectedOptimizer(LorenzaOptimizer):
         zero basis and a step count of 0 (the next step is the first: it computes the basis and
         counts 1). Placed as the first step places it, so a checkpoint loads into it."""
         self.index_projected()
-        for group, param, tensor_id in self.params_with_ids():
-            if param.grad is None:
+        for view in self.views():
+            if view.param.grad is None:
                 continue
-            projection = self.blank_projection(param, group, tensor_id)
-            state = self._moments(param, self.moment_shapes(param, projection), count=False,
-                                  bits=group["state_bits"])
-            if projection is not None and group["projector"] != "random":
-                state["basis"] = self.placed_basis(param, projection)
+            projection = self.blank_projection(view)
+            state = self._moments(view, self.moment_shapes(view, projection), count=False,
+                                  bits=view.group["state_bits"])
+            if projection is not None and view.group["projector"] != "random":
+                state["basis"] = self.placed_basis(view, projection)
 
-    def subspace_shape(self, param, group, tensor_id):
+    def subspace_shape(self, view):
         """This rank's shape of a projected parameter's subspace (its moments'), from the shapes
         alone: no basis is made. Raises, as ``projection`` would, for a sharding it cannot take."""
-        side, c = proj.side_for(param.shape, group["proj_type"]), group["granularity"]
-        self.folded_shard(param, side, c, tensor_id)
-        rows, cols = proj.folded_shape(local(param).shape, side, c)
+        group = view.group
+        side, c = proj.side_for(view.param.shape, group["proj_type"]), group["granularity"]
+        self.folded_shard(view, side, c)
+        rows, cols = proj.folded_shape(view.weight.shape, side, c)
         return (rows, group["rank"]) if side == "right" else (group["rank"], cols)
 
-    def blank_projection(self, param, group, tensor_id):
+    def blank_projection(self, view):
         """The parameter's projection with a zero basis (its shapes and placement only), or None."""
+        param, group = view.param, view.group
         if not self.is_projected(param, group):
             return None
         side, c = proj.side_for(param.shape, group["proj_type"]), group["granularity"]
-        shard = self.folded_shard(param, side, c, tensor_id)
-        shape = local(param).shape
+        shard = self.folded_shard(view, side, c)
+        shape = view.weight.shape
         basis = torch.zeros(proj.basis_shape(proj.folded_shape(shape, side, c), group["rank"], side),
                             dtype=proj.work_dtype(param.dtype), device=param.device)
         return proj.Projection(basis, side, group["projector"], shape, c, shard)
 
-    def moment_shapes(self, param, projection) -> dict:
+    def moment_shapes(self, view, projection) -> dict:
         """``_moments``' ``{key: (shape, rows)}`` of the parameter's state for ``projection``."""
-        return self.update_rule.moment_shapes(param, projection)
+        return self.update_rule.moment_shapes(view, projection)
 
     # -- per-layer mode -----------------------------------------------------------------------
 
@@ -279,8 +284,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
         """The parameters whose gradients the per-layer hooks project and average over the ranks
         themselves (``lorenza.distributed.ddp.keep_out_of_ddp`` leaves them out of DDP)."""
         hooked = self.layers.hooked()
-        return [param for group, param, _ in self.params_with_ids()
-                if id(param) in hooked and self.is_projected(param, group)]
+        return [view.param for view in self.views()
+                if id(view.param) in hooked and self.is_projected(view.param, view.group)]
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Scale the gradients the next step will use so that their total norm is at most ``max_norm``
@@ -299,27 +304,27 @@ class ProjectedOptimizer(LorenzaOptimizer):
 
     def _gradient(self, closure, prepared):
         """The closure's loss and gradients (or the sharpness-aware gradient of ``ascent``), and the
-        ``(group, param, tensor_id)`` with something to apply."""
+        views of the parameters with something to apply."""
         if self.ascent is not None:
             return self.ascent.gradient(self, closure, prepared)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        return loss, self.pending_entries(self.params_with_ids())
+        return loss, self.pending_entries(self.views())
 
-    def pending_entries(self, entries) -> list:
-        """The entries whose parameter has something to apply (a gradient, or an accumulator)."""
-        return [(group, p, i) for group, p, i in entries if self.layers.pending(self, p)]
+    def pending_entries(self, views) -> list:
+        """The views whose parameter has something to apply (a gradient, or an accumulator)."""
+        return [view for view in views if self.layers.pending(self, view.param)]
 
-    def _update(self, entries) -> None:
-        """The update rule over ``entries``, once every gradient has passed its checks: the rule itself
+    def _update(self, views) -> None:
+        """The update rule over ``views``, once every gradient has passed its checks: the rule itself
         checks the state and refreshes every basis before it writes anything (so that an error, say an
         SVD of a NaN gradient, leaves weights and state untouched)."""
         self.layers.drop_written_back(self)
         self.index_projected()
-        entries = self.layers.finite_entries(self, entries)
-        for _, param, _ in entries:
-            if param.grad is not None:
-                self.check_grad(param, param.grad, type(self).__name__)
-        self.update_rule.apply(self, entries)
+        views = self.layers.finite_entries(self, views)
+        for view in views:
+            if view.param.grad is not None:
+                self.check_grad(view.param, view.param.grad, type(self).__name__)
+        self.update_rule.apply(self, views)

@@ -5,7 +5,6 @@ import math
 from collections import defaultdict
 
 from .. import ops
-from ..distributed.shards import local, rows_of
 from ..projector import work_dtype
 from . import quantized_moments
 from .per_layer import ACCUMULATOR, subspace_gradient
@@ -25,7 +24,7 @@ class AdamUpdate:
 
     @staticmethod
     def apply(opt, entries) -> None:
-        """The Adam step of every ``(group, param, tensor_id)`` from its ``.grad`` and/or its projected
+        """The Adam step of every view's parameter from its ``.grad`` and/or its projected
         accumulator (per-layer mode).
 
         Two phases, so that an error leaves weights and state untouched: first every check and
@@ -35,58 +34,59 @@ class AdamUpdate:
         others are batched into multi-tensor calls per group and step count.
         """
         projected, plain = [], []
-        for group, param, tensor_id in entries:
-            if not opt.is_projected(param, group):
-                opt._check_state(param, local(param).shape)
-                plain.append((group, param))
+        for view in entries:
+            group = view.group
+            if not opt.is_projected(view.param, group):
+                opt._check_state(view, view.weight.shape)
+                plain.append(view)
                 continue
-            if group["granularity"] > 1 and not local(param).is_contiguous():
+            if group["granularity"] > 1 and not view.weight.is_contiguous():
                 raise ValueError(f"granularity > 1 needs contiguous parameters; one of shape "
-                                 f"{tuple(param.shape)} is not (call .contiguous() on it)")
-            opt._check_state(param, opt.subspace_shape(param, group, tensor_id))
+                                 f"{tuple(view.param.shape)} is not (call .contiguous() on it)")
+            opt._check_state(view, opt.subspace_shape(view))
             refreshed = None if group["projector"] == "random" else \
-                opt.projection(param, group, tensor_id, grad=param.grad, this_step=True)
-            projected.append((group, param, tensor_id, refreshed))
-        for group, param, tensor_id, projection in projected:
+                opt.projection(view, grad=view.grad, this_step=True)
+            projected.append((view, refreshed))
+        for view, projection in projected:
+            group = view.group
             if projection is None:
-                projection = opt.projection(param, group, tensor_id, grad=param.grad, this_step=True)
-            state = _stored_moments(opt, param, group, projection)
+                projection = opt.projection(view, grad=view.grad, this_step=True)
+            state = _stored_moments(opt, view, projection)
             if group["projector"] != "random":
-                state["basis"] = opt.placed_basis(param, projection)
+                state["basis"] = opt.placed_basis(view, projection)
             if ACCUMULATOR in state:  # per-layer mode: the step's gradient is in the subspace already
-                gradient, given_projected = subspace_gradient(opt, param, projection), True
+                gradient, given_projected = subspace_gradient(opt, view, projection), True
             else:
-                gradient, given_projected = local(param.grad), False
-            ops.projected_adam_(local(param), gradient, *_moment_args(state), projection,
+                gradient, given_projected = view.grad, False
+            ops.projected_adam_(view.weight, gradient, *_moment_args(state), projection,
                                 scale=group["scale"], residual=group.get("residual", False),
                                 projected=given_projected, **adam_hyper(group, int(state["step"])))
         batches = defaultdict(list)
-        for group, param in plain:
-            state = _stored_moments(opt, param, group, None)
-            batches[(id(group), int(state["step"]))].append((group, param))
-        for (_, t), members in batches.items():
-            group, params = members[0][0], [p for _, p in members]
-            moments = [_moment_args(opt.state[p]) for p in params]
-            ops.adam_([local(p) for p in params], [local(p.grad) for p in params], [m for m, _ in moments],
-                      [v for _, v in moments], **adam_hyper(group, t))
+        for view in plain:
+            state = _stored_moments(opt, view, None)
+            batches[(id(view.group), int(state["step"]))].append(view)
+        for (_, t), views in batches.items():
+            moments = [_moment_args(opt.state[view.param]) for view in views]
+            ops.adam_([view.weight for view in views], [view.grad for view in views], [m for m, _ in moments],
+                      [v for _, v in moments], **adam_hyper(views[0].group, t))
 
     @staticmethod
-    def moment_shapes(param, projection) -> dict:
+    def moment_shapes(view, projection) -> dict:
         """``_moments``' shapes of Adam's two moments: in the subspace, or shaped like the parameter."""
         if projection is None:
-            shape, rows = local(param).shape, rows_of(param)
+            shape, rows = view.weight.shape, view.rows
         else:
             shape, rows = projection.subspace_shape(), subspace_rows(projection)
         return {"exp_avg": (shape, rows), "exp_avg_sq": (shape, rows)}
 
 
-def _stored_moments(opt, param, group, projection) -> dict:
+def _stored_moments(opt, view, projection) -> dict:
     """The parameter's state, its step counted and its moments in the form its group's
     ``state_bits`` asks for."""
-    bits = group["state_bits"]
-    state = opt._moments(param, opt.moment_shapes(param, projection), bits=bits)
+    bits = view.group["state_bits"]
+    state = opt._moments(view, opt.moment_shapes(view, projection), bits=bits)
     for key in ("exp_avg", "exp_avg_sq"):
-        quantized_moments.convert_(state, key, bits, work_dtype(param.dtype))
+        quantized_moments.convert_(state, key, bits, work_dtype(view.param.dtype))
     return state
 
 

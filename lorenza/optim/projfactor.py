@@ -6,12 +6,12 @@ import math
 
 import torch
 
-from ..distributed.shards import local, row_shard, rows_of
 from ..projector import work_dtype
 from ..ops import quantize
 from . import quantized_moments
 from .per_layer import subspace_gradient
 from .projected import ProjectedOptimizer, subspace_rows
+from .view import held
 
 BLOCK_ELEMENTS = 1 << 18  # elements of the m x n update formed at a time: 1 MiB blocks stay in cache
 
@@ -61,68 +61,66 @@ class FactoredUpdate:
     """ProjFactor's update rule (``ProjectedOptimizer.update_rule``); it holds nothing."""
 
     def apply(self, opt, entries) -> None:
-        """The ProjFactor step of every ``(group, param, tensor_id)``, from its ``.grad`` and/or its
+        """The ProjFactor step of every view's parameter, from its ``.grad`` and/or its
         projected accumulator. Two phases, so that an error leaves weights and state untouched:
         the checks, then the updates. A parameter's Gaussian basis is regenerated when its update
         runs (it cannot fail), so that the bases of all layers never coexist."""
-        for group, param, tensor_id in entries:
-            projected = opt.is_projected(param, group)
-            if not projected and param.dim() > 2 and not local(param).is_contiguous():
+        for view in entries:
+            projected = opt.is_projected(view.param, view.group)
+            if not projected and view.param.dim() > 2 and not view.weight.is_contiguous():
                 raise ValueError(f"ProjFactor needs contiguous parameters of more than two dimensions; one "
-                                 f"of shape {tuple(param.shape)} is not")
-            opt._check_state(param, opt.subspace_shape(param, group, tensor_id) if projected
-                             else local(param).shape)
-        for group, param, tensor_id in entries:
-            self._update_one(opt, group, param, opt.projection(param, group, tensor_id, this_step=True))
+                                 f"of shape {tuple(view.param.shape)} is not")
+            opt._check_state(view, opt.subspace_shape(view) if projected else view.weight.shape)
+        for view in entries:
+            self._update_one(opt, view, opt.projection(view, this_step=True))
 
     @staticmethod
-    def _gradient(opt, group, param, projection):
+    def _gradient(opt, view, projection):
         """``S`` (the projected gradient; or the gradient, in its own dtype, viewed as the parameter's
         ``rows x cols`` matrix) and the row and column sums of ``B^2``."""
         if projection is None:
-            S = local(param.grad).reshape(matrix_shape(local(param)))
-            row_sq, col_sq = square_sums(S, work_dtype(param.dtype))
-            shard = row_shard(param)
-            return S, row_sq, col_sq if shard is None else shard.sum_(col_sq)
-        S = subspace_gradient(opt, param, projection)
+            S = view.grad.reshape(matrix_shape(view.weight))
+            row_sq, col_sq = square_sums(S, work_dtype(view.param.dtype))
+            return S, row_sq, col_sq if view.shard is None else view.shard.sum_(col_sq)
+        S = subspace_gradient(opt, view, projection)
         row_sq, col_sq = projection.lifted_square_sums(S)
-        return S, row_sq.mul_(group["scale"]**2), col_sq.mul_(group["scale"]**2)
+        scale = view.group["scale"]
+        return S, row_sq.mul_(scale**2), col_sq.mul_(scale**2)
 
     @staticmethod
-    def moment_shapes(param, projection) -> dict:
+    def moment_shapes(view, projection) -> dict:
         """``_moments``' shapes: ``M`` like ``S``, the row statistics sharded like the parameter's
         rows, the column statistics whole on every rank."""
-        weight = local(param)
-        rows, cols = matrix_shape(weight)
+        rows, cols = matrix_shape(view.weight)
         if projection is None:
-            m_shape, m_rows = weight.shape, rows_of(param)
+            m_shape, m_rows = view.weight.shape, view.rows
         else:
             m_shape, m_rows = projection.subspace_shape(), subspace_rows(projection)
-        return {"exp_avg": (m_shape, m_rows), "exp_avg_sq_row": ((rows,), rows_of(param)),
+        return {"exp_avg": (m_shape, m_rows), "exp_avg_sq_row": ((rows,), view.rows),
                 "exp_avg_sq_col": ((cols,), None)}
 
     @staticmethod
-    def _sum_over_rows(param, v_row):
+    def _sum_over_rows(view, v_row):
         """``sum(v_row)`` over every rank's rows of a sharded parameter."""
-        shard = row_shard(param)
-        return v_row.sum() if shard is None else shard.sum_(v_row.sum())
+        return v_row.sum() if view.shard is None else view.shard.sum_(v_row.sum())
 
-    def _update_one(self, opt, group, param, projection) -> None:
+    def _update_one(self, opt, view, projection) -> None:
+        group = view.group
         beta1, beta2 = group["betas"]
-        S, row_sq, col_sq = self._gradient(opt, group, param, projection)
-        weight, dtype = local(param), work_dtype(param.dtype)
+        S, row_sq, col_sq = self._gradient(opt, view, projection)
+        weight, dtype = view.weight, work_dtype(view.param.dtype)
         rows, cols = matrix_shape(weight)
-        state = opt._moments(param, self.moment_shapes(param, projection), bits=group["state_bits"])
+        state = opt._moments(view, self.moment_shapes(view, projection), bits=group["state_bits"])
         quantized_moments.convert_(state, "exp_avg", group["state_bits"], dtype)
         exp_avg = quantized_moments.moment(state, "exp_avg")
-        v_row, v_col = (local(state[key]) for key in ("exp_avg_sq_row", "exp_avg_sq_col"))
+        v_row, v_col = (held(state[key]) for key in ("exp_avg_sq_row", "exp_avg_sq_col"))
         v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
         v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
         t = int(state["step"])
         step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
         update = functools.partial(factored_update_, weight.view(rows, cols), v_row=v_row, v_col=v_col,
                                    step_size=step_size, eps=group["eps"],
-                                   v_row_sum=self._sum_over_rows(param, v_row))
+                                   v_row_sum=self._sum_over_rows(view, v_row))
         if projection is None:  # M is updated a block of rows at a time, with the weight's rows
             whole_blocks = quantize.BLOCK // math.gcd(cols, quantize.BLOCK)  # rows holding whole 8-bit blocks
             update(functools.partial(_updated_rows, exp_avg, S, beta1, dtype),

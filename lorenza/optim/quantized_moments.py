@@ -9,8 +9,8 @@ group now asks for (a checkpoint saved at another ``state_bits``) is converted b
 """
 import torch
 
-from ..distributed.shards import local
 from ..ops import quantize
+from .view import held
 
 MIN_NUMEL = 4096  # below this the codes and maxima would save little: bitsandbytes' and torchao's limit
 SIGNED = {"exp_avg": True, "exp_avg_sq": False}  # the second moment's map has no negative values
@@ -49,4 +49,4 @@ def moment(state: dict, key: str):
     stored = state[key]
     if stored.dtype == torch.uint8:
         return quantize.Blockwise8(stored, state[absmax_key(key)])
-    return local(stored)
+    return held(stored)

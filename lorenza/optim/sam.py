@@ -4,7 +4,6 @@ import warnings
 
 import torch
 
-from ..distributed import mean_over_ranks
 from . import _checks, probes, two_point
 from .directions import ProbeDirection, probe_keys
 from .per_layer import ACCUMULATOR, take_accumulator
@@ -54,14 +53,14 @@ class SharpnessAware:
         has ``rho > 0``)."""
         trainable = probes.trainable(opt, closure)
         directions = []
-        if any(group["rho"] > 0 for group, _, _ in trainable):
+        if any(view.group["rho"] > 0 for view in trainable):
             opt.index_projected()
-            for group, param, tensor_id in trainable:
-                keys = probe_keys(group, tensor_id, group["zo_queries"])
-                projection = opt.projection(param, group, tensor_id)
-                if opt.is_projected(param, group) and projection is None:
+            for view in trainable:
+                keys = probe_keys(view.group, view.id, view.group["zo_queries"])
+                projection = opt.projection(view)
+                if opt.is_projected(view.param, view.group) and projection is None:
                     continue  # no subspace before the first step: D = 0 for this parameter
-                directions.append(ProbeDirection(param, group, keys, projection))
+                directions.append(ProbeDirection(view, keys, projection))
         queries = directions[0].group["zo_queries"] if directions else 0
         return trainable, Probes(trainable, directions, queries)
 
@@ -73,7 +72,7 @@ class SharpnessAware:
         loss, ascent = None, None
         if step_probes.directions:
             coeffs, loss, failed = step_probes.estimates(closure, opt.param_groups[0]["zo_eps"], name,
-                                                         opt.process_group)
+                                                         opt.ranks)
             if failed:
                 warnings.warn(f"{name}: non-finite loss in a zeroth-order probe (f+={failed[1]}, "
                               f"f-={failed[2]}); skipping the SAM ascent this step", RuntimeWarning,
@@ -82,8 +81,7 @@ class SharpnessAware:
             else:
                 ascent = self._ascent(step_probes, coeffs)
         # the whole batch's loss: each rank's is its own share, and all must skip alike
-        sam_loss, = mean_over_ranks(self._sam_gradient(opt, closure, trainable, step_probes, ascent),
-                                    group=opt.process_group)
+        sam_loss, = opt.ranks.mean(self._sam_gradient(opt, closure, trainable, step_probes, ascent))
         opt.advance_zo_step()  # the probe seed moves on, even if the update is skipped
         if not torch.isfinite(sam_loss):
             warnings.warn(f"{name}: non-finite loss at the SAM point; skipping the update",
@@ -104,7 +102,7 @@ class SharpnessAware:
     def _sam_gradient(opt, closure, trainable, step_probes, ascent):
         """Move to ``W + e``, run forward and backward, move back; returns the loss there."""
         name = type(opt).__name__
-        params = [param for _, param, _ in trainable]
+        params = [view.param for view in trainable]
         # what a backward writes: .grad, and in per-layer mode the projected accumulators
         previous = [(param.grad, take_accumulator(opt, param)) for param in params]
 

@@ -4,8 +4,6 @@ import math
 
 import torch
 
-from ..distributed import first_ranks, mean_over_ranks
-from ..distributed import queries as split_queries
 
 BACKWARD_IN_CLOSURE = ("the closure must return the loss without calling backward(): "
                        "{name}.step() chooses the grad mode and calls backward itself")
@@ -71,7 +69,7 @@ def _set_rng_state(state, devices) -> None:
         torch.cuda.set_rng_state(cuda_state, device)
 
 
-def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True, group=None, start=None):
+def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True, ranks=None, start=None):
     """``(f(W + mu D), f(W - mu D))`` as detached scalar tensors, where ``move(alpha)`` does
     ``W += alpha * D``.
 
@@ -81,7 +79,7 @@ def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True
     after one evaluation. The weights are back at ``W`` afterwards (``restore``), or left at
     ``W - mu D`` for a caller that fuses the restore into its update. If the closure fails, the
     weights are put back at ``W`` first. Under ``torch.distributed`` both losses are averaged over
-    the ranks of ``group`` (one collective of 2 numbers; none when ``group`` is False).
+    ``ranks`` (an optimizer's ``Ranks``: one collective of 2 numbers; none when ``ranks`` is None).
     """
     start = _rng_state(devices) if start is None else start
     _set_rng_state(start, devices)
@@ -92,11 +90,11 @@ def losses(closure, move, mu: float, name: str, devices=(), restore: bool = True
     loss_minus = evaluate(closure, lambda: move(mu), name)
     if restore:
         move(mu)
-    if group is False:
+    if ranks is None:
         return loss_plus.detach(), loss_minus.detach()
     # data parallel: each rank's closure saw its own batch; the pair averaged over the ranks is the
     # pair of the whole batch, so every rank takes the same step (a NaN on one rank reaches all)
-    return mean_over_ranks(loss_plus.detach(), loss_minus.detach(), group=group)
+    return ranks.mean(loss_plus.detach(), loss_minus.detach())
 
 
 def _moves_alone(move, mu: float, restore: bool) -> None:
@@ -108,7 +106,7 @@ def _moves_alone(move, mu: float, restore: bool) -> None:
 
 
 def estimates(closure, move, queries: int, mu: float, name: str, devices=(), restore_last: bool = True,
-              group=None, split: bool = False):
+              ranks=None, split: bool = False):
     """The two-point estimates ``c_j = (f+ - f-) / (2 mu)`` of directions ``j = 0 .. queries - 1``,
     where ``move(j, alpha)`` does ``W += alpha * D_j``. Every evaluation of the step starts from the
     generators' state on entry (one dropout mask per step, as a first-order step has), and the
@@ -120,7 +118,7 @@ def estimates(closure, move, queries: int, mu: float, name: str, devices=(), res
     None. With ``restore_last=False`` and every loss finite, the weights are left at
     ``W - mu D_{q-1}``.
 
-    ``split`` (query parallelism): each rank of ``group`` evaluates its share of the queries on its
+    ``split`` (query parallelism): each of ``ranks`` evaluates its share of the queries on its
     batch, the same on every rank, and the pairs are gathered rather than averaged
     (:mod:`lorenza.distributed.queries`). Every rank still makes the moves of every query (a pass
     over the weights, where a query costs two forward passes), so the replicas' weights round alike
@@ -128,7 +126,7 @@ def estimates(closure, move, queries: int, mu: float, name: str, devices=(), res
     the step alike); the generators of every rank end as the first rank's. The loss is float32.
     """
     start = _rng_state(devices)
-    mine = set(split_queries.share(queries, group) if split else range(queries))
+    mine = set(ranks.share(queries) if split else range(queries))
     pairs, at_last_probe = {}, False
     for j in range(queries):
         def move_j(alpha, j=j):
@@ -138,14 +136,14 @@ def estimates(closure, move, queries: int, mu: float, name: str, devices=(), res
         if j not in mine:
             _moves_alone(move_j, mu, restore)
             continue
-        pairs[j] = losses(closure, move_j, mu, name, devices, restore, False if split else group, start)
+        pairs[j] = losses(closure, move_j, mu, name, devices, restore, None if split else ranks, start)
         # one process stops at a failure; a split step goes on, so that every rank makes the same moves
         if not split and not all(map(math.isfinite, pairs[j])):
             break
     if split:
-        pairs = split_queries.gather_pairs(pairs, queries, group, devices[0] if devices else None)
-        if split_queries.idle_ranks(queries, group):  # their generators take the evaluating ranks' state
-            _set_rng_state(first_ranks(_rng_state(devices), group), devices)
+        pairs = ranks.gather_pairs(pairs, queries, devices[0] if devices else None)
+        if ranks.idle(queries):  # their generators take the evaluating ranks' state
+            _set_rng_state(ranks.first(_rng_state(devices)), devices)
     loss = (pairs[0][0] + pairs[0][1]) / 2
     if split:
         loss = loss.float()  # gathered in float64; a rank that evaluated no query knows no loss dtype

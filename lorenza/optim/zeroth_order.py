@@ -75,9 +75,8 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
         return False
 
     def _directions(self, trainable, queries: int) -> list:
-        """One direction object per ``(group, param, tensor_id)`` (see ``directions.py``)."""
-        return [ProbeDirection(param, group, probe_keys(group, tensor_id, queries))
-                for group, param, tensor_id in trainable]
+        """One direction object per view (see ``directions.py``)."""
+        return [ProbeDirection(view, probe_keys(view.group, view.id, queries)) for view in trainable]
 
     @staticmethod
     def decay_scale(param, group: dict) -> float:
@@ -113,7 +112,7 @@ class ZerothOrderOptimizer(LorenzaOptimizer):
 
     def _gradient(self, closure, step_probes: Probes):
         name, mu = type(self).__name__, self.param_groups[0]["zo_eps"]
-        coeffs, loss, failed = step_probes.estimates(closure, mu, name, self.process_group,
+        coeffs, loss, failed = step_probes.estimates(closure, mu, name, self.ranks,
                                                      restore_last=False,  # the update restores
                                                      split=self._split_queries())
         self._last_estimate = None
