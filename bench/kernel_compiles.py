@@ -327,10 +327,25 @@ def problems(rows) -> list:
     return found
 
 
+_COMPILED = {}  # (variants, target) -> rows, made once per process (the report and the tests share them)
+
+
 def in_child_process(variants: str = "cover", targets: str = ",".join(TARGETS), workers: int = 2,
                      timeout: float = 3600) -> list:
     """The rows of ``main`` run in a child process without ``TRITON_INTERPRET``, whatever this process
-    runs (the test suite interprets the kernels on the CPU)."""
+    runs (the test suite interprets the kernels on the CPU), target by target in the order of
+    ``targets``. A target's rows are compiled once per process: what a compile reports (registers,
+    spills, shared memory) does not change while the kernels do not."""
+    wanted = targets.split(",")
+    missing = [target for target in wanted if (variants, target) not in _COMPILED]
+    if missing:
+        rows = _compiled_in_child(variants, ",".join(missing), workers, timeout)
+        for target in missing:
+            _COMPILED[(variants, target)] = [row for row in rows if row["target"] == target]
+    return [row for target in wanted for row in _COMPILED[(variants, target)]]
+
+
+def _compiled_in_child(variants: str, targets: str, workers: int, timeout: float) -> list:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     command = [sys.executable, "-m", "bench.kernel_compiles", "--variants", variants, "--targets", targets,
                "--workers", str(workers)]

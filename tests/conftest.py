@@ -73,10 +73,30 @@ def _tiers(item) -> set:
     return tiers
 
 
+# Under pytest-xdist (the README's ``-n 2 --dist loadgroup``) a group runs on one worker: the gloo
+# launches one at a time, and the files sharing the benchmarks' once-per-process counts together.
+SHARED_BENCH = ("test_bench.py", "test_gpu_compile.py", "test_step_memory.py")
+
+
+def _worker_group(item):
+    name = item.path.name
+    if name.startswith(DISTRIBUTED):
+        return "distributed"
+    return "bench" if name in SHARED_BENCH else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for tier in sorted(_tiers(item)):
             item.add_marker(tier)
+        group = _worker_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: torch's threads would spin
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,10 @@ meant to change a trajectory (say so in the commit). The bits are this machine's
 or BLAS rounds a matmul otherwise (two 8-bit tests, tests/test_state_bits.py and
 tests/test_triton_adam8.py, showed this one rounding unlike the machine before it). On a new kind of
 machine, rewrite the file from the code it was kept from (commit c30b97c, the landed main before
-issue 26's restructuring, with this file added) and then run the test on the current code."""
+issue 26's restructuring, with this file added) and then run the test on the current code.
+
+Every run here uses one thread (the ``_one_thread`` fixture): how many threads a reduction is split
+over moves its roundings, and the suite's two pytest-xdist workers run one thread each."""
 import hashlib
 import json
 import pathlib
@@ -116,6 +119,14 @@ CASES = [pytest.param(name, backend, marks=[requires_ext] if backend == "cpp" el
          for name in OPTIMIZERS for backend in BACKENDS]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def kept():
     return json.loads(KEPT.read_text())
@@ -158,6 +169,7 @@ def test_a_backend_keyword_outside_the_choices_is_refused():
 if __name__ == "__main__":  # rewrite the kept file from the code as it is
     import os
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    torch.set_num_threads(1)  # as the _one_thread fixture
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     monkeypatch = pytest.MonkeyPatch()
     runs = {f"{name}/{backend}": run(name, backend, monkeypatch) for name in OPTIMIZERS for backend in BACKENDS}

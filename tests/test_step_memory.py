@@ -12,7 +12,7 @@ MODEL = "quick"  # a 2-layer LLaMA of 8000 tokens, width 256 (bench/helpers.py)
 
 @pytest.fixture(scope="module")
 def counts():
-    return {name: {device: step_memory.step_memory(make, MODEL, device) for device in ("meta", "cpu")}
+    return {name: {"meta": step_memory.counted(name, MODEL), "cpu": step_memory.step_memory(make, MODEL, "cpu")}
             for name, make in step_memory.candidates().items()}
 
 
