@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--device cpu|cuda] [--model 60m|130m|350m|1b|7b] [--out DIR]``
+"""``python -m bench [--quick] [--device cpu|cuda] [--model 60m|130m|350m|1b|7b|quick] [--out DIR]``
 
 Runs the rSVD, optimizer-step, ProjFactor, zeroth-order, FSDP2 and zeroth-order data-parallel (gloo
 processes on the CPU) and (on CUDA) Triton-kernel benchmarks, each figure beside its baseline
@@ -103,7 +103,8 @@ def main(argv=None):
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the optimizer steps and the Triton kernels run (the kernels need cuda)")
-    parser.add_argument("--model", choices=list(LLAMA), help="LLaMA shapes of the optimizer step")
+    parser.add_argument("--model", choices=[*LLAMA, "quick"],
+                        help="LLaMA shapes of the optimizer step (quick: a 2-layer LLaMA of width 256)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/bench"))
     args = parser.parse_args(argv)
     info = machine(args.device)
