@@ -155,7 +155,7 @@ class LorenzaOptimizer(Optimizer):
         gradient."""
         if closure is not None or self.state or any(group["lr"] != 0 for group in self.param_groups):
             return False
-        grads = [view.grad for view in self.views() if view.grad is not None]
+        grads = [grad for grad in (view.grad for view in self.views()) if grad is not None]
         real = not grads or any(bool(grad.any()) for grad in grads)
         if self.ranks.any(real, grads[0].device if grads else None):  # one answer for all
             return False

@@ -31,9 +31,9 @@ class ParamView(NamedTuple):
     - ``shard``: the block's ``RowShard`` (global offset, every rank's rows, the group summing
       over them), None when every rank holds the whole (not a DTensor, or replicated).
 
-    A named tuple rather than a plain class: torch.compile guards a dictionary lookup keyed by a
-    tuple's member (``optimizer.state[view.param]``) on the tensor's identity, but not one keyed by
-    a plain object's attribute, whose compiled lookup would then return another parameter's state.
+    Immutable, as a named tuple: a step reads a view and never changes it. (Dynamo, when it traced
+    the step, guarded ``optimizer.state[view.param]`` better for a tuple than for a plain object's
+    attribute, but not well enough: the step is not traced, see ``LorenzaOptimizer.step``.)
     """
 
     param: torch.Tensor
