@@ -55,6 +55,7 @@ SLOW_TESTS = {  # file::test of other files, each several seconds on a 2-core CP
     "test_package.py::test_without_the_extension_everything_runs_on_the_reference",
     "test_triton_perturb.py::test_gpu_launch_sizes_and_fp64",
     "test_kept_trajectories.py::test_two_optimizers_in_one_process_keep_their_own_backend",
+    "test_compile.py::test_inductor_compiles_the_traced_step_across_refreshes",
 }
 
 

@@ -105,15 +105,16 @@ def test_state_is_low_rank_and_loss_falls(projector, shape):
 
 
 def refresh_steps(opt, params, weights, steps):
-    """For each weight, the steps at which its basis was recomputed."""
+    """For each weight, the steps at which its basis was recomputed (from a new random gradient: a
+    new basis; a refreshed basis is written into the stored tensor, so values are compared)."""
     refreshed = {i: [] for i in range(len(weights))}
     for step in range(steps):
         for q in params:
             q.grad = torch.randn_like(q)
-        old = [opt.state[w].get("basis") for w in weights]
+        old = [opt.state[w]["basis"].clone() if "basis" in opt.state[w] else None for w in weights]
         opt.step()
         for i, w in enumerate(weights):
-            if old[i] is None or opt.state[w]["basis"] is not old[i]:
+            if old[i] is None or not torch.equal(opt.state[w]["basis"], old[i]):
                 refreshed[i].append(step)
     return refreshed
 

@@ -8,8 +8,9 @@
 - the unprojected Adam of many tensors in one launch: a table of their addresses, one program per
   block of one tensor.
 
-Scalars that change every step (step size, decay) are runtime arguments; arithmetic is fp32 (fp64
-for fp64 weights) and the moments are fp32 for bf16/fp16 weights.
+Scalars that change every step (step size, decay) are runtime arguments (a traced step's step size
+is a device tensor the kernels read, through the registered ops at the end); arithmetic is fp32
+(fp64 for fp64 weights) and the moments are fp32 for bf16/fp16 weights.
 """
 from collections import OrderedDict, defaultdict
 
@@ -148,8 +149,13 @@ def projected_adam_(W, G, M, V, basis, side, lift_scale, *, scale, residual, bet
 
 def lift_step_(W, G, N, R, basis, side, lift_scale, *, scale, residual, step_size, decay) -> None:
     """``W = (1 - decay) (W - step * scale * lift(N))`` in place, with Lorenza+'s residual term
-    (which needs ``R`` and ``G``) when asked; ``N`` may be overwritten."""
+    (which needs ``R`` and ``G``) when asked; ``N`` may be overwritten. A tensor ``step_size`` (a
+    traced step's) scales ``N`` on the device, and the lift takes the rest as a number."""
     alpha, keep = step_size * scale, 1.0 - decay
+    if torch.is_tensor(alpha):
+        if residual:
+            raise ValueError("lift_step_: the residual takes its step size as a number")
+        N, alpha = N.mul_(alpha), 1.0
     grad_coef = 0.0
     if residual:  # W -= alpha (lift(N) + phi (G - lift(R))) = alpha (lift(N - phi R) + phi G)
         r_norm = R.norm()
@@ -164,8 +170,9 @@ def lift_step_(W, G, N, R, basis, side, lift_scale, *, scale, residual, step_siz
 @triton.jit
 def _multi_adam_kernel(table_ptr, blocks_ptr, beta1: tl.float64, one_minus_beta1: tl.float64,
                        beta2: tl.float64, one_minus_beta2: tl.float64, eps: tl.float64, step_size: tl.float64,
-                       keep: tl.float64, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, M_DTYPE: tl.constexpr,
-                       COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
+                       step_size_ptr, keep: tl.float64, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+                       M_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, STEP_SIZE_IN_MEMORY: tl.constexpr,
+                       BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     tensor = tl.load(blocks_ptr + 2 * pid)
     offs = tl.multiple_of(tl.load(blocks_ptr + 2 * pid + 1), BLOCK) + tl.arange(0, BLOCK)
@@ -179,8 +186,12 @@ def _multi_adam_kernel(table_ptr, blocks_ptr, beta1: tl.float64, one_minus_beta1
     m, v, n = adam_moments(g, tl.load(m_ptr + offs, mask=mask).to(COMPUTE),
                             tl.load(v_ptr + offs, mask=mask).to(COMPUTE), beta1, one_minus_beta1, beta2,
                             one_minus_beta2, eps, COMPUTE)
+    if STEP_SIZE_IN_MEMORY:  # a traced step's, a float64 tensor on the device: read there, no host sync
+        step = tl.load(step_size_ptr).to(COMPUTE)
+    else:
+        step = tl.cast(step_size, COMPUTE)
     p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
-    p = (p - tl.cast(step_size, COMPUTE) * n) * tl.cast(keep, COMPUTE)
+    p = (p - step * n) * tl.cast(keep, COMPUTE)
     tl.store(p_ptr + offs, round_to(p, P_DTYPE), mask=mask)
     tl.store(m_ptr + offs, m.to(M_DTYPE), mask=mask)
     tl.store(v_ptr + offs, v.to(M_DTYPE), mask=mask)
@@ -232,8 +243,42 @@ def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, de
     for (device, p_dtype, g_dtype, m_dtype), members in groups.items():
         block = launch.elementwise_block(max(p.numel() for p, *_ in members))
         table, block_map = TABLES.get(members, block, device)
+        in_memory = torch.is_tensor(step_size)
         _multi_adam_kernel[(block_map.shape[0],)](
-            table, block_map, *betas(beta1, beta2), float(eps), float(step_size), 1.0 - decay,
+            table, block_map, *betas(beta1, beta2), float(eps), 0.0 if in_memory else float(step_size),
+            step_size.to(device, torch.float64) if in_memory else table, 1.0 - decay,
             P_DTYPE=launch.TL_DTYPES[p_dtype], G_DTYPE=launch.TL_DTYPES[g_dtype],
-            M_DTYPE=launch.TL_DTYPES[m_dtype],
-            COMPUTE=launch.compute_dtype(p_dtype), BLOCK=block)
+            M_DTYPE=launch.TL_DTYPES[m_dtype], COMPUTE=launch.compute_dtype(p_dtype),
+            STEP_SIZE_IN_MEMORY=in_memory, BLOCK=block)
+
+
+# -- the kernels as registered ops, which a traced step (torch.compile) calls as one op each ----------
+# Dynamo sees each as an opaque op that writes its arguments in place; at run time it launches the
+# kernels above. Only a traced step's calls (a tensor step size) go through them: an eager step calls
+# the launchers directly, without the dispatcher's cost.
+
+@torch.library.custom_op("lorenza::triton_projected_adam_", mutates_args=("W", "M", "V"))
+def registered_projected_adam_(W: torch.Tensor, G: torch.Tensor, M: torch.Tensor, V: torch.Tensor,
+                               basis: torch.Tensor, side: str, lift_scale: float, scale: float, beta1: float,
+                               beta2: float, eps: float, step_size: torch.Tensor, decay: float,
+                               projected: bool) -> None:
+    projected_adam_(W, G, M, V, basis, side, lift_scale, scale=scale, residual=False, beta1=beta1, beta2=beta2,
+                    eps=eps, step_size=step_size, decay=decay, projected=projected)
+
+
+@registered_projected_adam_.register_fake
+def _(W, G, M, V, basis, side, lift_scale, scale, beta1, beta2, eps, step_size, decay, projected) -> None:
+    return None
+
+
+@torch.library.custom_op("lorenza::triton_adam_", mutates_args=("params", "moments1", "moments2"))
+def registered_adam_(params: list[torch.Tensor], grads: list[torch.Tensor], moments1: list[torch.Tensor],
+                     moments2: list[torch.Tensor], beta1: float, beta2: float, eps: float,
+                     step_size: torch.Tensor, decay: float) -> None:
+    adam_(params, grads, moments1, moments2, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size,
+          decay=decay)
+
+
+@registered_adam_.register_fake
+def _(params, grads, moments1, moments2, beta1, beta2, eps, step_size, decay) -> None:
+    return None

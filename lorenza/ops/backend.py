@@ -104,9 +104,14 @@ def requested() -> str:
     return _from_environment(os.environ.get("LORENZA_BACKEND", "")) if choice is None else choice
 
 
-@functools.lru_cache(maxsize=None)
+_ENVIRONMENT_CHOICES = {}  # LORENZA_BACKEND's value -> choice (a dict, which a traced step reads as it is)
+
+
 def _from_environment(value: str) -> str:
-    return checked_choice(value.strip() or "auto", "LORENZA_BACKEND")
+    choice = _ENVIRONMENT_CHOICES.get(value)
+    if choice is None:
+        choice = _ENVIRONMENT_CHOICES[value] = checked_choice(value.strip() or "auto", "LORENZA_BACKEND")
+    return choice
 
 
 @functools.lru_cache(maxsize=None)
@@ -240,7 +245,8 @@ def call(op: str, device, *args, **kwargs):
     device = device if isinstance(device, torch.device) else torch.device(device)
     backend = resolve(op, device)
     run = implementation(op, backend)
-    if backend != TRITON or _explicit(op) is not None:
+    # a traced step (torch.compile) calls the kernel as it is: what fails at its run cannot be undone
+    if backend != TRITON or _explicit(op) is not None or torch.compiler.is_compiling():
         return run(*args, **kwargs)
     result = fallback.attempt(op, device, run, declared.writes, args, kwargs)
     if result is not fallback.FAILED:

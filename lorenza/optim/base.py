@@ -104,17 +104,27 @@ class LorenzaOptimizer(Optimizer):
 
     # -- the step -----------------------------------------------------------------------------
 
-    @torch._disable_dynamo  # torch.compiler.disable, importing dynamo at the first step (as torch.optim does)
     @torch.no_grad()
     def step(self, closure=None):
         """One optimizer step; returns the loss (None when no closure gave one). ``step()`` with no
         closure on a fresh optimizer whose learning rates are 0 only initialises its state, as
         ``torch.distributed.checkpoint`` asks (:meth:`initializing_step`).
 
-        Under ``torch.compile`` the step runs eagerly (one graph break where it is called): traced,
-        torch 2.13's dynamo hands a step's per-parameter code another parameter's state (same-shaped
-        weights took each other's moments), so no part of it is traced until it needs no break
+        Under ``torch.compile`` a step without a closure is traced when :meth:`traces_step` says it
+        traces without a graph break, and runs eagerly otherwise (one graph break where it is
+        called): torch 2.13's
+        dynamo hands the per-parameter code of a step that breaks another parameter's state
         (docs/design.md, "torch.compile")."""
+        # a closure's backward would break the traced step, and make it compile again every step
+        if torch.compiler.is_compiling() and (closure is not None or not self.traces_step()):
+            return self._eager_step(closure)
+        return self._step(closure)
+
+    @torch._disable_dynamo  # torch.compiler.disable, importing dynamo only when first called
+    def _eager_step(self, closure):
+        return self._step(closure)
+
+    def _step(self, closure):
         with ops.chosen(self.backend):
             if self.initializing_step(closure):
                 return None
@@ -125,6 +135,12 @@ class LorenzaOptimizer(Optimizer):
                     hook(self)
                 self._update(gradient)
         return loss
+
+    def traces_step(self) -> bool:
+        """Whether ``torch.compile`` may trace this step as it is configured now: only a step checked
+        to trace without a graph break in every configuration this answers True for
+        (tests/test_compile.py). False here: the step runs eagerly."""
+        return False
 
     def _prepare(self, closure):
         """Every check that needs no gradient, before anything is written; what the gradient phase

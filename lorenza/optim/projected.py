@@ -53,11 +53,13 @@ class ProjectedOptimizer(LorenzaOptimizer):
         params = list(params)
         self._rank_only_where_named = any(isinstance(g, dict) and "rank" in g for g in params)
         self.layers = PerLayer(per_layer)
+        self._step_counts = {}  # param -> its state["step"] as an int (step_count)
         super().__init__(params, {**PROJECTION_DEFAULTS, **defaults}, process_group, backend)
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("layers", PerLayer(False))  # hooks are not pickled
+        self.__dict__.setdefault("_step_counts", {})
         self.layers.index(self)
 
     @property
@@ -137,10 +139,9 @@ class ProjectedOptimizer(LorenzaOptimizer):
         parameter with a gradient-based projector, at a refresh step or with no basis yet."""
         if not self.is_projected(param, group) or group["projector"] == "random":
             return False
-        state = self.state.get(param, {})
-        if "basis" not in state:
+        if "basis" not in self.state.get(param, {}):
             return True
-        step = int(state["step"]) if "step" in state else 0
+        step = self.step_count(param)
         return proj.last_refresh(step, group["update_gap"], self._refresh_offset(param, group)) == step
 
     def projection(self, view, grad=None, *, this_step=None):
@@ -158,26 +159,32 @@ class ProjectedOptimizer(LorenzaOptimizer):
         if not self.is_projected(param, group):
             return None
         state = self.state[param]
-        step = int(state["step"]) if "step" in state else 0
+        step = self.step_count(param)
         if this_step is None:
             this_step = grad is not None
         if not this_step:
             if step == 0:
                 return None
             step -= 1  # the basis the previous step used
-        kind, gap = group["projector"], group["update_gap"]
+        kind = group["projector"]
         side = proj.side_for(param.shape, group["proj_type"])
-        refresh = proj.last_refresh(step, gap, self._refresh_offset(param, group))
-        seed = stream_key(group["seed"], Stream.BASIS, view.id, refresh)
         c = group["granularity"]
         shard = self.folded_shard(view, side, c)
         if kind == "random":  # regenerated, never stored
-            basis = proj.compute_basis(view.weight, group["rank"], side, kind, seed, c, shard)
+            basis = proj.compute_basis(view.weight, group["rank"], side, kind, self._basis_seed(view, step), c,
+                                       shard)
         elif grad is not None and this_step and self.refresh_due(param, group):
-            basis = proj.compute_basis(grad, group["rank"], side, kind, seed, c, shard)
+            basis = proj.compute_basis(grad, group["rank"], side, kind, self._basis_seed(view, step), c, shard)
         else:
             basis = held(state["basis"])
         return proj.Projection(basis, side, kind, view.weight.shape, c, shard)
+
+    def _basis_seed(self, view, step: int) -> int:
+        """The noise key of the basis in use at ``step``: that of its refresh (only a refreshing or
+        regenerated basis asks for it, so that a steady traced step computes no key)."""
+        group = view.group
+        refresh = proj.last_refresh(step, group["update_gap"], self._refresh_offset(view.param, group))
+        return stream_key(group["seed"], Stream.BASIS, view.id, refresh)
 
     @staticmethod
     def folded_shard(view, side: str, granularity: int):
@@ -192,6 +199,18 @@ class ProjectedOptimizer(LorenzaOptimizer):
         the left side, whole on every rank on the right)."""
         rows = projection.shard.total if projection.shard is not None and projection.side == "left" else None
         return view.placed(projection.basis, rows)
+
+    def store_basis(self, view, projection) -> None:
+        """Keep a refreshed basis: written into the stored one when it has the same form, so that
+        the state's tensors stay the same objects (a traced step guards each by identity, and would
+        compile again after every refresh otherwise)."""
+        state, basis = self.state[view.param], self.placed_basis(view, projection)
+        stored = state.get("basis")
+        if stored is not None and type(stored) is type(basis) and stored.shape == basis.shape \
+                and stored.dtype == basis.dtype:
+            stored.copy_(basis)
+        else:
+            state["basis"] = basis
 
     # -- state --------------------------------------------------------------------------------
 
@@ -214,8 +233,20 @@ class ProjectedOptimizer(LorenzaOptimizer):
                 zeros = torch.zeros(shape, dtype=proj.work_dtype(param.dtype), device=param.device)
                 state[key] = view.placed(zeros, rows)
         if count:
+            self._step_counts[param] = self.step_count(param) + 1
             state["step"] += 1
         return state
+
+    def step_count(self, param) -> int:
+        """The parameter's ``state["step"]`` (0 before its first step) as a Python int. The state
+        keeps the count as a tensor, as torch.optim does and as ``state_dict`` saves it; this copy on
+        the host is what the schedule and Adam's bias correction read, so that a traced step reads
+        no tensor (dynamo makes the count a symbolic int: one graph serves every steady step)."""
+        count = self._step_counts.get(param)
+        if count is None:
+            state = self.state.get(param, {})
+            count = self._step_counts[param] = int(state["step"]) if "step" in state else 0
+        return count
 
     def _check_state(self, view, shape) -> None:
         """Raise if the moments were made for another subspace (``shape``: this rank's)."""
@@ -270,6 +301,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
+        self._step_counts = {}  # read again from the loaded state
         self.layers.index(self)  # the groups are new dicts now
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -298,6 +330,32 @@ class ProjectedOptimizer(LorenzaOptimizer):
         return self.layers.clip_grad_norm_(self, max_norm)
 
     # -- the step -----------------------------------------------------------------------------
+
+    def traces_step(self) -> bool:
+        """A steady first-order step (no ``ascent``, no basis refreshed now) of 32-bit state in
+        standard mode, every basis stored (not ``projector="random"``), no residual and no FSDP2
+        shard: checked to trace without a break, on every backend (the Triton kernels as registered
+        ops). A refresh step runs eagerly, so that its basis's noise key (64-bit integer arithmetic
+        on the step count) is not traced, which would make a graph per refresh."""
+        if self.ascent is not None or self.per_layer or not self.update_rule.traceable:
+            return False
+        self.index_projected()
+        for group in self.param_groups:
+            self._init_group(group)
+            if group["state_bits"] != 32 or group["projector"] == "random" or group.get("residual"):
+                return False
+            for param in group["params"]:
+                if is_dtensor(param) or param.grad is not None and self.refresh_due(param, group):
+                    return False
+        return True
+
+    def _init_group(self, group: dict) -> None:
+        """Dynamo's optimizer protocol (torch.optim's optimizers define it too): called from a traced
+        step, it runs eagerly, outside the graph, and dynamo then guards each gradient on whether it
+        exists rather than on its identity, which changes at every ``zero_grad``. Here it reads the
+        step counts the traced step needs from the state tensors (``step_count``)."""
+        for param in group["params"]:
+            self.step_count(param)
 
     def _prepare(self, closure):
         return None if self.ascent is None else self.ascent.prepare(self, closure)

@@ -4,6 +4,8 @@ parameters, plain for the others."""
 import math
 from collections import defaultdict
 
+import torch
+
 from .. import ops
 from ..projector import work_dtype
 from . import quantized_moments
@@ -11,16 +13,27 @@ from .per_layer import ACCUMULATOR, subspace_gradient
 from .projected import subspace_rows
 
 
-def adam_hyper(group: dict, t: int) -> dict:
-    """The numbers of Adam step ``t`` (1-based): betas, eps, bias-corrected step size, decay."""
+def adam_hyper(group: dict, t: int, step=None) -> dict:
+    """The numbers of Adam step ``t`` (1-based): betas, eps, bias-corrected step size, decay.
+
+    In a traced step (``torch.compile``) the step size is a float64 tensor of 0 dimensions computed
+    from ``step``, the state's step-count tensor, as torch.optim's traced Adam computes it: a number
+    computed from the host count would be a symbolic float, on which inductor's code generation
+    fails (torch 2.13), or a constant, with a graph per step."""
     beta1, beta2 = group["betas"]
     lr = group["lr"]
-    return dict(beta1=beta1, beta2=beta2, eps=group["eps"],
-                step_size=lr * math.sqrt(1 - beta2**t) / (1 - beta1**t), decay=lr * group["weight_decay"])
+    if step is not None and torch.compiler.is_compiling():
+        t = step.to(torch.float64)
+        step_size = lr * (1 - beta2**t).sqrt() / (1 - beta1**t)
+    else:
+        step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+    return dict(beta1=beta1, beta2=beta2, eps=group["eps"], step_size=step_size, decay=lr * group["weight_decay"])
 
 
 class AdamUpdate:
     """The update rule a ``ProjectedOptimizer`` names (``update_rule``); it holds nothing."""
+
+    traceable = True  # its step traces without a graph break (ProjectedOptimizer.traces_step)
 
     @staticmethod
     def apply(opt, entries) -> None:
@@ -44,31 +57,37 @@ class AdamUpdate:
                 raise ValueError(f"granularity > 1 needs contiguous parameters; one of shape "
                                  f"{tuple(view.param.shape)} is not (call .contiguous() on it)")
             opt._check_state(view, opt.subspace_shape(view))
-            refreshed = None if group["projector"] == "random" else \
+            refreshed = group["projector"] != "random" and opt.refresh_due(view.param, group)
+            projection = None if group["projector"] == "random" else \
                 opt.projection(view, grad=view.grad, this_step=True)
-            projected.append((view, refreshed))
-        for view, projection in projected:
+            projected.append((view, projection, refreshed))
+        for view, projection, refreshed in projected:
             group = view.group
             if projection is None:
                 projection = opt.projection(view, grad=view.grad, this_step=True)
             state = _stored_moments(opt, view, projection)
-            if group["projector"] != "random":
-                state["basis"] = opt.placed_basis(view, projection)
+            if refreshed:
+                opt.store_basis(view, projection)
             if ACCUMULATOR in state:  # per-layer mode: the step's gradient is in the subspace already
                 gradient, given_projected = subspace_gradient(opt, view, projection), True
             else:
                 gradient, given_projected = view.grad, False
             ops.projected_adam_(view.weight, gradient, *_moment_args(state), projection,
                                 scale=group["scale"], residual=group.get("residual", False),
-                                projected=given_projected, **adam_hyper(group, int(state["step"])))
-        batches = defaultdict(list)
+                                projected=given_projected, **adam_hyper(group, opt.step_count(view.param), state["step"]))
+        batches = defaultdict(list)  # one multi-tensor call per group and step count
+        traced = torch.compiler.is_compiling()
         for view in plain:
-            state = _stored_moments(opt, view, None)
-            batches[(id(view.group), int(state["step"]))].append(view)
-        for (_, t), views in batches.items():
+            _stored_moments(opt, view, None)
+            # traced: a call per tensor (inductor fuses them); comparing two symbolic step counts would
+            # make a guard that inductor's code generation fails on (torch 2.13)
+            batches[(id(view.group), view.id if traced else opt.step_count(view.param))].append(view)
+        for views in batches.values():
             moments = [_moment_args(opt.state[view.param]) for view in views]
+            first = views[0].param
             ops.adam_([view.weight for view in views], [view.grad for view in views], [m for m, _ in moments],
-                      [v for _, v in moments], **adam_hyper(views[0].group, t))
+                      [v for _, v in moments], **adam_hyper(views[0].group, opt.step_count(first),
+                                                            opt.state[first]["step"]))
 
     @staticmethod
     def moment_shapes(view, projection) -> dict:

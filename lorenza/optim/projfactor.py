@@ -60,6 +60,10 @@ def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_
 class FactoredUpdate:
     """ProjFactor's update rule (``ProjectedOptimizer.update_rule``); it holds nothing."""
 
+    # Its Gaussian basis is regenerated from a key built with 64-bit integer arithmetic on the step
+    # count, which dynamo would specialize per refresh: the step runs eagerly under torch.compile.
+    traceable = False
+
     def apply(self, opt, entries) -> None:
         """The ProjFactor step of every view's parameter, from its ``.grad`` and/or its
         projected accumulator. Two phases, so that an error leaves weights and state untouched:
@@ -116,7 +120,7 @@ class FactoredUpdate:
         v_row, v_col = (held(state[key]) for key in ("exp_avg_sq_row", "exp_avg_sq_col"))
         v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
         v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
-        t = int(state["step"])
+        t = opt.step_count(view.param)
         step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
         update = functools.partial(factored_update_, weight.view(rows, cols), v_row=v_row, v_col=v_col,
                                    step_size=step_size, eps=group["eps"],

@@ -1,7 +1,8 @@
 """The Adam update of GaLore's AdamW (docs/algorithms.md, section 1), plain and projected, in PyTorch.
 
 ``step_size = lr * sqrt(1 - b2^t) / (1 - b1^t)`` and ``decay = lr * weight_decay`` come in as
-numbers; weight decay is applied after the update, as GaLore does.
+numbers (the step size a 0-dimensional tensor in a step traced by ``torch.compile``); weight decay is
+applied after the update, as GaLore does.
 """
 import torch
 
@@ -38,7 +39,10 @@ def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
                   step_size=step_size, decay=decay)
         return
     _moments_(M, V, grad.to(M.dtype), beta1, beta2)
-    param.add_(_normalized(M, V, eps), alpha=-step_size)
+    if torch.is_tensor(step_size):  # a traced step's (optim/projected_adam.adam_hyper)
+        param.sub_(_normalized(M, V, eps).mul_(step_size))
+    else:
+        param.add_(_normalized(M, V, eps), alpha=-step_size)
     decay_(param, decay)
 
 
@@ -66,7 +70,10 @@ def projected_adam_(param, grad, M, V, basis, side, lift_scale, *, scale, residu
     _moments_(M, V, R, beta1, beta2)
     N = _normalized(M, V, eps)
     alpha = step_size * scale
-    subspace.lift_add_(param, N, basis, side, lift_scale, -alpha)
+    if torch.is_tensor(alpha):  # a traced step's (optim/projected_adam.adam_hyper); no residual then
+        subspace.lift_add_(param, N.mul_(alpha), basis, side, lift_scale, -1.0)
+    else:
+        subspace.lift_add_(param, N, basis, side, lift_scale, -alpha)
     if residual:
         if sum_rows is not None and side == "right":
             n_norm, r_norm = sum_rows(torch.stack([N.square().sum(), R.square().sum()])).sqrt()

@@ -16,8 +16,10 @@ FUSED_DEVICES = ("cpu", "cuda")
 
 
 def _fusable(param, grad, M, V) -> bool:
-    # the fused kernel walks the four tensors' storage in step: their layouts must agree
-    return (hasattr(torch, "_fused_adam_") and param.device.type in FUSED_DEVICES
+    # the fused kernel walks the four tensors' storage in step: their layouts must agree; it takes
+    # the step size as a float, which a traced step would specialize (a graph per step count)
+    return (hasattr(torch, "_fused_adam_") and not torch.compiler.is_compiling()
+            and param.device.type in FUSED_DEVICES
             and param.dtype == grad.dtype == M.dtype and param.dtype in (torch.float32, torch.float64)
             and param.stride() == grad.stride() == M.stride() == V.stride())
 
