@@ -5,7 +5,8 @@
 #include "ops.h"
 
 TORCH_LIBRARY(lorenza, m) {
-  m.def("philox_normal_(Tensor(a!) out, int key, int start) -> ()");
+  // SymInt: a traced step passes the key of a Gaussian basis symbolically (one graph for every key)
+  m.def("philox_normal_(Tensor(a!) out, SymInt key, SymInt start) -> ()");
   m.def(
       "rsvd(Tensor A, int rank, int oversample, int power_iters, int key, bool allow_tf32=False)"
       " -> (Tensor U, Tensor S, Tensor Vh)");

@@ -67,9 +67,7 @@ def compute_basis(grad: torch.Tensor, rank: int, side: str, kind: str, seed: int
     dtype = work_dtype(grad.dtype)
     view = folded_shape(grad.shape, side, granularity)
     if kind == "random":
-        start = shard.offset * rank if shard is not None and side == "left" else 0
-        return randn(basis_shape(view, rank, side), stream_key(seed, Stream.BASIS), device=grad.device,
-                     dtype=dtype, start=start)
+        return gaussian_basis(grad, rank, side, gaussian_key(seed), granularity, shard)
     grad = grad.reshape(view)
     if kind == "svd" and shard is not None:
         raise ValueError("projector='svd' needs the whole gradient on one rank; a sharded parameter is "
@@ -83,6 +81,20 @@ def compute_basis(grad: torch.Tensor, rank: int, side: str, kind: str, seed: int
         U, _, Vh = linalg.rsvd(grad, rank, RSVD_OVERSAMPLE, RSVD_POWER_ITERS, seed=seed)
     basis = U[:, :rank] if side == "left" else Vh[:rank]
     return basis.to(dtype).contiguous()
+
+
+def gaussian_key(seed: int) -> int:
+    """The noise stream of the Gaussian basis of ``seed``."""
+    return stream_key(seed, Stream.BASIS)
+
+
+def gaussian_basis(like: torch.Tensor, rank: int, side: str, key: int, granularity: int = 1, shard=None):
+    """The Gaussian basis (``compute_basis``'s ``"random"``) of a tensor shaped and typed ``like``,
+    from noise stream ``key`` (``gaussian_key``)."""
+    view = folded_shape(like.shape, side, granularity)
+    start = shard.offset * rank if shard is not None and side == "left" else 0
+    return randn(basis_shape(view, rank, side), key, device=like.device, dtype=work_dtype(like.dtype),
+                 start=start)
 
 
 class Projection:

@@ -152,7 +152,7 @@ def lift_step_(W, G, N, R, basis, side, lift_scale, *, scale, residual, step_siz
     (which needs ``R`` and ``G``) when asked; ``N`` may be overwritten. A tensor ``step_size`` (a
     traced step's) scales ``N`` on the device, and the lift takes the rest as a number."""
     alpha, keep = step_size * scale, 1.0 - decay
-    if torch.is_tensor(alpha):
+    if isinstance(alpha, torch.Tensor):
         if residual:
             raise ValueError("lift_step_: the residual takes its step size as a number")
         N, alpha = N.mul_(alpha), 1.0
@@ -243,7 +243,7 @@ def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, de
     for (device, p_dtype, g_dtype, m_dtype), members in groups.items():
         block = launch.elementwise_block(max(p.numel() for p, *_ in members))
         table, block_map = TABLES.get(members, block, device)
-        in_memory = torch.is_tensor(step_size)
+        in_memory = isinstance(step_size, torch.Tensor)
         _multi_adam_kernel[(block_map.shape[0],)](
             table, block_map, *betas(beta1, beta2), float(eps), 0.0 if in_memory else float(step_size),
             step_size.to(device, torch.float64) if in_memory else table, 1.0 - decay,

@@ -33,7 +33,7 @@ def _triton_projected_adam_(param, grad, exp_avg, exp_avg_sq, *rest, **hyper):
         from ..kernels.adam8 import projected_adam8_
         return projected_adam8_(param, grad, *exp_avg, *exp_avg_sq, *rest, **hyper)
     from ..kernels.projected_adam import projected_adam_
-    if torch.is_tensor(hyper["step_size"]):  # a traced step: the kernels as one registered op
+    if isinstance(hyper["step_size"], torch.Tensor):  # a traced step: the kernels as one registered op
         hyper.pop("residual")  # a traced step has none (optim/projected.py, traces_step)
         return torch.ops.lorenza.triton_projected_adam_(param, grad, exp_avg, exp_avg_sq, *rest, **hyper)
     return projected_adam_(param, grad, exp_avg, exp_avg_sq, *rest, **hyper)
@@ -50,7 +50,7 @@ def _triton_adam_(params, grads, exp_avgs, exp_avg_sqs, **hyper):
         from ..kernels.adam8 import adam8_
         return adam8_(params, grads, *_columns8(exp_avgs), *_columns8(exp_avg_sqs), **hyper)
     from ..kernels.projected_adam import adam_
-    if torch.is_tensor(hyper["step_size"]):  # a traced step: the kernel as a registered op
+    if isinstance(hyper["step_size"], torch.Tensor):  # a traced step: the kernel as a registered op
         return torch.ops.lorenza.triton_adam_(params, grads, exp_avgs, exp_avg_sqs, **hyper)
     return adam_(params, grads, exp_avgs, exp_avg_sqs, **hyper)
 

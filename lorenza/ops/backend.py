@@ -101,16 +101,19 @@ def _source() -> str:
 
 def requested() -> str:
     choice = getattr(_chosen, "choice", None)
-    return _from_environment(os.environ.get("LORENZA_BACKEND", "")) if choice is None else choice
+    if choice is None:
+        value = os.environ.get("LORENZA_BACKEND", "")
+        choice = _ENVIRONMENT_CHOICES.get(value) or _from_environment(value)
+    return choice
 
 
-_ENVIRONMENT_CHOICES = {}  # LORENZA_BACKEND's value -> choice (a dict, which a traced step reads as it is)
+# LORENZA_BACKEND's value -> choice: a dict, which a traced step reads as it is (dynamo warns of a
+# function cache it sees through), looked up without a Python call at each op
+_ENVIRONMENT_CHOICES = {}
 
 
 def _from_environment(value: str) -> str:
-    choice = _ENVIRONMENT_CHOICES.get(value)
-    if choice is None:
-        choice = _ENVIRONMENT_CHOICES[value] = checked_choice(value.strip() or "auto", "LORENZA_BACKEND")
+    choice = _ENVIRONMENT_CHOICES[value] = checked_choice(value.strip() or "auto", "LORENZA_BACKEND")
     return choice
 
 

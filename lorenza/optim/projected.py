@@ -8,6 +8,7 @@ import warnings
 
 import torch
 
+from .. import ops
 from .. import projector as proj
 from ..random import Stream, stream_key
 from . import _checks, quantized_moments
@@ -53,13 +54,15 @@ class ProjectedOptimizer(LorenzaOptimizer):
         params = list(params)
         self._rank_only_where_named = any(isinstance(g, dict) and "rank" in g for g in params)
         self.layers = PerLayer(per_layer)
-        self._step_counts = {}  # param -> its state["step"] as an int (step_count)
+        self._step_counts = {}  # id(param) -> its state["step"] as an int (step_count)
+        self._basis_keys = {}  # id(param) -> the noise key of its Gaussian basis in use (_gaussian_key)
         super().__init__(params, {**PROJECTION_DEFAULTS, **defaults}, process_group, backend)
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("layers", PerLayer(False))  # hooks are not pickled
         self.__dict__.setdefault("_step_counts", {})
+        self.__dict__.setdefault("_basis_keys", {})
         self.layers.index(self)
 
     @property
@@ -171,8 +174,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
         c = group["granularity"]
         shard = self.folded_shard(view, side, c)
         if kind == "random":  # regenerated, never stored
-            basis = proj.compute_basis(view.weight, group["rank"], side, kind, self._basis_seed(view, step), c,
-                                       shard)
+            basis = proj.gaussian_basis(view.weight, group["rank"], side, self._gaussian_key(view, step, this_step),
+                                        c, shard)
         elif grad is not None and this_step and self.refresh_due(param, group):
             basis = proj.compute_basis(grad, group["rank"], side, kind, self._basis_seed(view, step), c, shard)
         else:
@@ -180,11 +183,34 @@ class ProjectedOptimizer(LorenzaOptimizer):
         return proj.Projection(basis, side, kind, view.weight.shape, c, shard)
 
     def _basis_seed(self, view, step: int) -> int:
-        """The noise key of the basis in use at ``step``: that of its refresh (only a refreshing or
-        regenerated basis asks for it, so that a steady traced step computes no key)."""
+        """The seed of the basis in use at ``step``: that of its refresh (only a refreshing or
+        regenerated basis asks for it)."""
         group = view.group
         refresh = proj.last_refresh(step, group["update_gap"], self._refresh_offset(view.param, group))
         return stream_key(group["seed"], Stream.BASIS, view.id, refresh)
+
+    def _gaussian_key(self, view, step: int, this_step: bool) -> int:
+        """The noise stream of the Gaussian basis in use at ``step``. A traced step reads the key the
+        last eager step kept for the step it took (``this_step``): a step that draws a new basis runs
+        eagerly (``traces_step``), and the key is 64-bit integer arithmetic on the step count that
+        dynamo would otherwise specialize, a graph per refresh."""
+        if torch.compiler.is_compiling():
+            return self._basis_keys[id(view.param)]
+        key = proj.gaussian_key(self._basis_seed(view, step))
+        if this_step:
+            self._basis_keys[id(view.param)] = key
+        return key
+
+    def new_basis_due(self, param, group: dict) -> bool:
+        """Whether the next step of the parameter takes a basis other than its last step's: a refresh
+        from the gradient (``refresh_due``) or a Gaussian basis drawn from a new key."""
+        if group["projector"] != "random":
+            return self.refresh_due(param, group)
+        if not self.is_projected(param, group):
+            return False
+        step = self.step_count(param)
+        fresh = id(param) not in self._basis_keys  # no key kept yet (a first step, a loaded state)
+        return fresh or proj.last_refresh(step, group["update_gap"], self._refresh_offset(param, group)) == step
 
     @staticmethod
     def folded_shard(view, side: str, granularity: int):
@@ -233,7 +259,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
                 zeros = torch.zeros(shape, dtype=proj.work_dtype(param.dtype), device=param.device)
                 state[key] = view.placed(zeros, rows)
         if count:
-            self._step_counts[param] = self.step_count(param) + 1
+            self._step_counts[id(param)] = self.step_count(param) + 1
             state["step"] += 1
         return state
 
@@ -242,10 +268,10 @@ class ProjectedOptimizer(LorenzaOptimizer):
         keeps the count as a tensor, as torch.optim does and as ``state_dict`` saves it; this copy on
         the host is what the schedule and Adam's bias correction read, so that a traced step reads
         no tensor (dynamo makes the count a symbolic int: one graph serves every steady step)."""
-        count = self._step_counts.get(param)
+        count = self._step_counts.get(id(param))  # an int key: no Python-level tensor hash per lookup
         if count is None:
             state = self.state.get(param, {})
-            count = self._step_counts[param] = int(state["step"]) if "step" in state else 0
+            count = self._step_counts[id(param)] = int(state["step"]) if "step" in state else 0
         return count
 
     def _check_state(self, view, shape) -> None:
@@ -301,7 +327,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        self._step_counts = {}  # read again from the loaded state
+        self._step_counts, self._basis_keys = {}, {}  # read again from the loaded state
         self.layers.index(self)  # the groups are new dicts now
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -332,21 +358,26 @@ class ProjectedOptimizer(LorenzaOptimizer):
     # -- the step -----------------------------------------------------------------------------
 
     def traces_step(self) -> bool:
-        """A steady first-order step (no ``ascent``, no basis refreshed now) of 32-bit state in
-        standard mode, every basis stored (not ``projector="random"``), no residual and no FSDP2
-        shard: checked to trace without a break, on every backend (the Triton kernels as registered
-        ops). A refresh step runs eagerly, so that its basis's noise key (64-bit integer arithmetic
-        on the step count) is not traced, which would make a graph per refresh."""
+        """A steady first-order step (no ``ascent``, no new basis now) of 32-bit state in standard
+        mode, no residual and no FSDP2 shard: checked to trace without a break, on every backend
+        (the Triton Adam kernels as registered ops; a Gaussian basis's noise on PyTorch or
+        ``lorenza._C``, the Triton noise kernel not yet). A step that takes a new basis runs
+        eagerly, so that its noise key (64-bit integer arithmetic on the step count) is not traced,
+        which would make a graph per refresh (``_basis_seed``)."""
         if self.ascent is not None or self.per_layer or not self.update_rule.traceable:
             return False
         self.index_projected()
         for group in self.param_groups:
             self._init_group(group)
-            if group["state_bits"] != 32 or group["projector"] == "random" or group.get("residual"):
+            if group["state_bits"] != 32 or group.get("residual"):
                 return False
             for param in group["params"]:
-                if is_dtensor(param) or param.grad is not None and self.refresh_due(param, group):
+                if is_dtensor(param) or param.grad is not None and self.new_basis_due(param, group):
                     return False
+                if group["projector"] == "random":
+                    with ops.chosen(self.backend):
+                        if ops.resolve("noise", param.device) == "triton":
+                            return False
         return True
 
     def _init_group(self, group: dict) -> None:

@@ -16,13 +16,13 @@ from .projected import subspace_rows
 def adam_hyper(group: dict, t: int, step=None) -> dict:
     """The numbers of Adam step ``t`` (1-based): betas, eps, bias-corrected step size, decay.
 
-    In a traced step (``torch.compile``) the step size is a float64 tensor of 0 dimensions computed
-    from ``step``, the state's step-count tensor, as torch.optim's traced Adam computes it: a number
-    computed from the host count would be a symbolic float, on which inductor's code generation
-    fails (torch 2.13), or a constant, with a graph per step."""
+    A traced step (``torch.compile``) passes ``step``, the state's step-count tensor: the step size
+    is then a float64 tensor of 0 dimensions computed from it, as torch.optim's traced Adam computes
+    it. A number computed from the host count would be a symbolic float, on which inductor's code
+    generation fails (torch 2.13), or a constant, with a graph per step."""
     beta1, beta2 = group["betas"]
     lr = group["lr"]
-    if step is not None and torch.compiler.is_compiling():
+    if step is not None:
         t = step.to(torch.float64)
         step_size = lr * (1 - beta2**t).sqrt() / (1 - beta1**t)
     else:
@@ -61,6 +61,7 @@ class AdamUpdate:
             projection = None if group["projector"] == "random" else \
                 opt.projection(view, grad=view.grad, this_step=True)
             projected.append((view, projection, refreshed))
+        traced = torch.compiler.is_compiling()
         for view, projection, refreshed in projected:
             group = view.group
             if projection is None:
@@ -74,9 +75,9 @@ class AdamUpdate:
                 gradient, given_projected = view.grad, False
             ops.projected_adam_(view.weight, gradient, *_moment_args(state), projection,
                                 scale=group["scale"], residual=group.get("residual", False),
-                                projected=given_projected, **adam_hyper(group, opt.step_count(view.param), state["step"]))
+                                projected=given_projected,
+                                **adam_hyper(group, opt.step_count(view.param), state["step"] if traced else None))
         batches = defaultdict(list)  # one multi-tensor call per group and step count
-        traced = torch.compiler.is_compiling()
         for view in plain:
             _stored_moments(opt, view, None)
             # traced: a call per tensor (inductor fuses them); comparing two symbolic step counts would
@@ -87,7 +88,7 @@ class AdamUpdate:
             first = views[0].param
             ops.adam_([view.weight for view in views], [view.grad for view in views], [m for m, _ in moments],
                       [v for _, v in moments], **adam_hyper(views[0].group, opt.step_count(first),
-                                                            opt.state[first]["step"]))
+                                                            opt.state[first]["step"] if traced else None))
 
     @staticmethod
     def moment_shapes(view, projection) -> dict:

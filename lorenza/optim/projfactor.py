@@ -10,6 +10,7 @@ from ..projector import work_dtype
 from ..ops import quantize
 from . import quantized_moments
 from .per_layer import subspace_gradient
+from .projected_adam import adam_hyper
 from .projected import ProjectedOptimizer, subspace_rows
 from .view import held
 
@@ -40,7 +41,7 @@ def square_sums(matrix: torch.Tensor, dtype=None):
     return row_sq, col_sq
 
 
-def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_size: float, eps: float,
+def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_size, eps: float,
                      rows_multiple: int = 1, v_row_sum: torch.Tensor = None) -> None:
     """``param -= step_size * numerator / (sqrt(outer(v_row, v_col) / sum(v_row)) + eps)``, formed a
     block of rows at a time (``numerator_rows(start, stop)`` gives the block; ``rows_multiple``
@@ -53,16 +54,17 @@ def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_
     for start in range(0, rows, block):
         stop = min(rows, start + block)
         denominator = torch.outer(v_row[start:stop], col).sqrt_().add_(eps)
-        param[start:stop].add_(torch.div(numerator_rows(start, stop), denominator, out=denominator),
-                               alpha=-step_size)
+        update = torch.div(numerator_rows(start, stop), denominator, out=denominator)
+        if isinstance(step_size, torch.Tensor):  # a traced step's (projected_adam.adam_hyper)
+            param[start:stop].sub_(update.mul_(step_size))
+        else:
+            param[start:stop].add_(update, alpha=-step_size)
 
 
 class FactoredUpdate:
     """ProjFactor's update rule (``ProjectedOptimizer.update_rule``); it holds nothing."""
 
-    # Its Gaussian basis is regenerated from a key built with 64-bit integer arithmetic on the step
-    # count, which dynamo would specialize per refresh: the step runs eagerly under torch.compile.
-    traceable = False
+    traceable = True  # its step traces without a graph break (ProjectedOptimizer.traces_step)
 
     def apply(self, opt, entries) -> None:
         """The ProjFactor step of every view's parameter, from its ``.grad`` and/or its
@@ -120,8 +122,8 @@ class FactoredUpdate:
         v_row, v_col = (held(state[key]) for key in ("exp_avg_sq_row", "exp_avg_sq_col"))
         v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
         v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
-        t = opt.step_count(view.param)
-        step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        traced = torch.compiler.is_compiling()
+        step_size = adam_hyper(group, opt.step_count(view.param), state["step"] if traced else None)["step_size"]
         update = functools.partial(factored_update_, weight.view(rows, cols), v_row=v_row, v_col=v_col,
                                    step_size=step_size, eps=group["eps"],
                                    v_row_sum=self._sum_over_rows(view, v_row))

@@ -39,7 +39,7 @@ def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
                   step_size=step_size, decay=decay)
         return
     _moments_(M, V, grad.to(M.dtype), beta1, beta2)
-    if torch.is_tensor(step_size):  # a traced step's (optim/projected_adam.adam_hyper)
+    if isinstance(step_size, torch.Tensor):  # a traced step's (optim/projected_adam.adam_hyper)
         param.sub_(_normalized(M, V, eps).mul_(step_size))
     else:
         param.add_(_normalized(M, V, eps), alpha=-step_size)
@@ -70,7 +70,7 @@ def projected_adam_(param, grad, M, V, basis, side, lift_scale, *, scale, residu
     _moments_(M, V, R, beta1, beta2)
     N = _normalized(M, V, eps)
     alpha = step_size * scale
-    if torch.is_tensor(alpha):  # a traced step's (optim/projected_adam.adam_hyper); no residual then
+    if isinstance(alpha, torch.Tensor):  # a traced step's (optim/projected_adam.adam_hyper); no residual then
         subspace.lift_add_(param, N.mul_(alpha), basis, side, lift_scale, -1.0)
     else:
         subspace.lift_add_(param, N, basis, side, lift_scale, -alpha)

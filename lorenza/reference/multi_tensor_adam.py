@@ -16,10 +16,8 @@ FUSED_DEVICES = ("cpu", "cuda")
 
 
 def _fusable(param, grad, M, V) -> bool:
-    # the fused kernel walks the four tensors' storage in step: their layouts must agree; it takes
-    # the step size as a float, which a traced step would specialize (a graph per step count)
-    return (hasattr(torch, "_fused_adam_") and not torch.compiler.is_compiling()
-            and param.device.type in FUSED_DEVICES
+    # the fused kernel walks the four tensors' storage in step: their layouts must agree
+    return (hasattr(torch, "_fused_adam_") and param.device.type in FUSED_DEVICES
             and param.dtype == grad.dtype == M.dtype and param.dtype in (torch.float32, torch.float64)
             and param.stride() == grad.stride() == M.stride() == V.stride())
 
@@ -30,8 +28,10 @@ def adam_(params, grads, moments1, moments2, *, beta1, beta2, eps, step_size, de
     # moves by lr' sqrt(1 - beta2) / (1 - beta1) * M / (sqrt(V) + eps' sqrt(1 - beta2)), which is
     # step_size * M / (sqrt(V) + eps) for the lr' and eps' below.
     batches = defaultdict(list)
+    # the fused kernel takes the step size as a float: a traced step's tensor takes the per-tensor path
+    fused = not isinstance(step_size, torch.Tensor)
     for p, g, m, v in zip(params, grads, moments1, moments2):
-        if _fusable(p, g, m, v):
+        if fused and _fusable(p, g, m, v):
             batches[(p.device, p.dtype)].append((p, g, m, v))
         else:
             reference.adam_(p, g, m, v, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size, decay=decay)
