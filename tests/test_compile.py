@@ -123,11 +123,12 @@ def test_a_compiled_step_follows_eager_breaks_only_where_allowed_and_stops_compi
     assert broken_at() <= ALLOWED_BREAKS, broken_at()
 
 
-@pytest.mark.parametrize("name", ["LowRankAdamW", "ProjFactor"])
-def test_inductor_compiles_the_traced_step_across_refreshes(name):
+def test_inductor_compiles_the_traced_step_across_refreshes():
     """Inductor, the default backend, generates code for the traced step (a symbolic float step
-    size, or two step counts compared, made it fail in torch 2.13: see optim/projected_adam.py)."""
-    compiled, eager = Run(name), Run(name)
+    size, or two step counts compared, made it fail in torch 2.13: see optim/projected_adam.py).
+    ProjFactor's and the Triton backend's traced steps were checked under inductor by hand (the
+    closing note of issue 26); one optimizer here keeps the suite's time."""
+    compiled, eager = Run("LowRankAdamW"), Run("LowRankAdamW")
     for run in (compiled, eager):
         run.step()
     step = torch.compile(compiled.step)  # inductor

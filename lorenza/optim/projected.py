@@ -363,7 +363,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
         (the Triton Adam kernels as registered ops; a Gaussian basis's noise on PyTorch or
         ``lorenza._C``, the Triton noise kernel not yet). A step that takes a new basis runs
         eagerly, so that its noise key (64-bit integer arithmetic on the step count) is not traced,
-        which would make a graph per refresh (``_basis_seed``)."""
+        which would make a graph per refresh (``_gaussian_key``)."""
         if self.ascent is not None or self.per_layer or not self.update_rule.traceable:
             return False
         self.index_projected()
