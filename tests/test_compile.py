@@ -2,8 +2,9 @@
 called from a compiled function, follows eager on a model with same-shaped weights (which a traced
 step with a graph break once mixed up): bit for bit where the step runs eagerly, to rounding where
 it is traced (the steady steps of ``LowRankAdamW`` and ``ProjFactor``: a tensor step size, and
-PyTorch's per-tensor Adam in place of the fused kernel). The only graph breaks are torch's own ``zero_grad`` and the eager step
-itself, and the graphs stop growing once the step counts are symbolic, across basis refreshes."""
+PyTorch's per-tensor Adam in place of the fused kernel). The only graph breaks are torch's own
+``zero_grad`` and the eager step itself, and the graphs stop growing once the step counts are
+symbolic, across basis refreshes."""
 import re
 import warnings
 
@@ -15,7 +16,8 @@ import lorenza
 
 FORMS = {  # name: (optimizer, keywords, the op that shows its update in a graph; None: the step runs eagerly)
     "LowRankAdamW": ("LowRankAdamW", dict(rank=2, update_gap=3), "addmm_"),  # the lift into the weight
-    "LowRankAdamW-triton": ("LowRankAdamW", dict(rank=2, update_gap=3, backend="triton"), "triton_projected_adam_"),
+    "LowRankAdamW-triton": ("LowRankAdamW", dict(rank=2, update_gap=3, backend="triton"),
+                            "triton_projected_adam_"),
     "LowRankAdamW-random": ("LowRankAdamW", dict(rank=2, update_gap=3, projector="random"), "addmm_"),
     "LowRankAdamW-closure": ("LowRankAdamW", dict(rank=2, update_gap=3), None),  # step(closure)
     "LowRankAdamW-per-layer": ("LowRankAdamW", dict(rank=2, update_gap=3, per_layer=True), None),
@@ -90,7 +92,8 @@ def op_name(target) -> str:
 
 def broken_at() -> set:
     """The functions dynamo stopped at, from its graph-break counters."""
-    return {match for reason in counters["graph_break"] for match in re.findall(r"function `([\w.]+)`", reason)}
+    reasons = counters["graph_break"]
+    return {match for reason in reasons for match in re.findall(r"function `([\w.]+)`", reason)}
 
 
 @pytest.mark.parametrize("name", FORMS)

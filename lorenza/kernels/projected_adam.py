@@ -262,8 +262,8 @@ def registered_projected_adam_(W: torch.Tensor, G: torch.Tensor, M: torch.Tensor
                                basis: torch.Tensor, side: str, lift_scale: float, scale: float, beta1: float,
                                beta2: float, eps: float, step_size: torch.Tensor, decay: float,
                                projected: bool) -> None:
-    projected_adam_(W, G, M, V, basis, side, lift_scale, scale=scale, residual=False, beta1=beta1, beta2=beta2,
-                    eps=eps, step_size=step_size, decay=decay, projected=projected)
+    projected_adam_(W, G, M, V, basis, side, lift_scale, scale=scale, residual=False, beta1=beta1,
+                    beta2=beta2, eps=eps, step_size=step_size, decay=decay, projected=projected)
 
 
 @registered_projected_adam_.register_fake

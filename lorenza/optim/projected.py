@@ -174,10 +174,11 @@ class ProjectedOptimizer(LorenzaOptimizer):
         c = group["granularity"]
         shard = self.folded_shard(view, side, c)
         if kind == "random":  # regenerated, never stored
-            basis = proj.gaussian_basis(view.weight, group["rank"], side, self._gaussian_key(view, step, this_step),
-                                        c, shard)
+            key = self._gaussian_key(view, step, this_step)
+            basis = proj.gaussian_basis(view.weight, group["rank"], side, key, c, shard)
         elif grad is not None and this_step and self.refresh_due(param, group):
-            basis = proj.compute_basis(grad, group["rank"], side, kind, self._basis_seed(view, step), c, shard)
+            seed = self._basis_seed(view, step)
+            basis = proj.compute_basis(grad, group["rank"], side, kind, seed, c, shard)
         else:
             basis = held(state["basis"])
         return proj.Projection(basis, side, kind, view.weight.shape, c, shard)
@@ -210,7 +211,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
             return False
         step = self.step_count(param)
         fresh = id(param) not in self._basis_keys  # no key kept yet (a first step, a loaded state)
-        return fresh or proj.last_refresh(step, group["update_gap"], self._refresh_offset(param, group)) == step
+        offset = self._refresh_offset(param, group)
+        return fresh or proj.last_refresh(step, group["update_gap"], offset) == step
 
     @staticmethod
     def folded_shard(view, side: str, granularity: int):

@@ -27,7 +27,8 @@ def adam_hyper(group: dict, t: int, step=None) -> dict:
         step_size = lr * (1 - beta2**t).sqrt() / (1 - beta1**t)
     else:
         step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    return dict(beta1=beta1, beta2=beta2, eps=group["eps"], step_size=step_size, decay=lr * group["weight_decay"])
+    return dict(beta1=beta1, beta2=beta2, eps=group["eps"], step_size=step_size,
+                decay=lr * group["weight_decay"])
 
 
 class AdamUpdate:
@@ -73,10 +74,10 @@ class AdamUpdate:
                 gradient, given_projected = subspace_gradient(opt, view, projection), True
             else:
                 gradient, given_projected = view.grad, False
+            hyper = adam_hyper(group, opt.step_count(view.param), state["step"] if traced else None)
             ops.projected_adam_(view.weight, gradient, *_moment_args(state), projection,
                                 scale=group["scale"], residual=group.get("residual", False),
-                                projected=given_projected,
-                                **adam_hyper(group, opt.step_count(view.param), state["step"] if traced else None))
+                                projected=given_projected, **hyper)
         batches = defaultdict(list)  # one multi-tensor call per group and step count
         for view in plain:
             _stored_moments(opt, view, None)

@@ -123,7 +123,8 @@ class FactoredUpdate:
         v_row.mul_(beta2).add_(row_sq, alpha=1 - beta2)
         v_col.mul_(beta2).add_(col_sq, alpha=1 - beta2)
         traced = torch.compiler.is_compiling()
-        step_size = adam_hyper(group, opt.step_count(view.param), state["step"] if traced else None)["step_size"]
+        step = state["step"] if traced else None
+        step_size = adam_hyper(group, opt.step_count(view.param), step)["step_size"]
         update = functools.partial(factored_update_, weight.view(rows, cols), v_row=v_row, v_col=v_col,
                                    step_size=step_size, eps=group["eps"],
                                    v_row_sum=self._sum_over_rows(view, v_row))
