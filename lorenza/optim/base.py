@@ -112,9 +112,8 @@ class LorenzaOptimizer(Optimizer):
 
         Under ``torch.compile`` a step without a closure is traced when :meth:`traces_step` says it
         traces without a graph break, and runs eagerly otherwise (one graph break where it is
-        called): torch 2.13's
-        dynamo hands the per-parameter code of a step that breaks another parameter's state
-        (docs/design.md, "torch.compile")."""
+        called): torch 2.13's dynamo hands the per-parameter code of a step that breaks another
+        parameter's state (docs/design.md, "torch.compile")."""
         # a closure's backward would break the traced step, and make it compile again every step
         if torch.compiler.is_compiling() and (closure is not None or not self.traces_step()):
             return self._eager_step(closure)
