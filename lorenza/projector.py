@@ -64,11 +64,10 @@ def compute_basis(grad: torch.Tensor, rank: int, side: str, kind: str, seed: int
     Gaussian basis). With ``shard`` (the folded view's ``distributed.shards.RowShard``), ``grad`` is
     this rank's rows of the gradient and the basis is this rank's part of the whole gradient's:
     its rows on the left side, all of it on the right."""
-    dtype = work_dtype(grad.dtype)
-    view = folded_shape(grad.shape, side, granularity)
     if kind == "random":
         return gaussian_basis(grad, rank, side, gaussian_key(seed), granularity, shard)
-    grad = grad.reshape(view)
+    dtype = work_dtype(grad.dtype)
+    grad = grad.reshape(folded_shape(grad.shape, side, granularity))
     if kind == "svd" and shard is not None:
         raise ValueError("projector='svd' needs the whole gradient on one rank; a sharded parameter is "
                          "projected with projector='rsvd', which never gathers it")
