@@ -210,8 +210,8 @@ def user_launches(models=tuple(LLAMA), ranks=RANKS, dtypes=WEIGHT_DTYPES) -> lis
                 for step_size in (1e-3, torch.tensor(1e-3, dtype=torch.float64)):  # eager; traced (in memory)
                     projected_adam.adam_([W], [W], [M], [V], beta1=0.9, beta2=0.999, eps=1e-8,
                                          step_size=step_size, decay=0.0)
-                adam8.adam8_([W], [W], *([t] for t in _codes8(shape) + _codes8(shape)), beta1=0.9,
-                             beta2=0.999, eps=1e-8, step_size=1e-3, decay=0.0)
+                    adam8.adam8_([W], [W], *([t] for t in _codes8(shape) + _codes8(shape)), beta1=0.9,
+                                 beta2=0.999, eps=1e-8, step_size=step_size, decay=0.0)
                 for streams in range(1, MAX_STREAMS + 1):  # MeZO, AdaZeta, AdaZo-SAM
                     perturb.gaussian_add_(W, [1.0] * streams, _keys(streams))
                 if shape[0] not in vocab:  # the embeddings and the head are never projected

@@ -56,6 +56,11 @@ SLOW_TESTS = {  # file::test of other files, each several seconds on a 2-core CP
     "test_triton_perturb.py::test_gpu_launch_sizes_and_fp64",
     "test_kept_trajectories.py::test_two_optimizers_in_one_process_keep_their_own_backend",
     "test_compile.py::test_inductor_compiles_the_traced_step_across_refreshes",
+    # and single cases, by their full names
+    "test_compile.py::test_a_compiled_step_follows_eager_breaks_only_where_allowed_and_stops_compiling"
+    "[LowRankAdamW-8bit-triton]",
+    "test_compile.py::test_a_compiled_step_follows_eager_breaks_only_where_allowed_and_stops_compiling"
+    "[LowRankAdamW-random-triton]",
 }
 
 
@@ -69,7 +74,7 @@ def _tiers(item) -> set:
         tiers.add("interpreter")
         if params is not None and "triton" in params.params.values():  # a whole run on the interpreter
             tiers.add("slow")
-    if name in SLOW_FILES or f"{name}::{item.originalname}" in SLOW_TESTS:
+    if name in SLOW_FILES or {f"{name}::{item.originalname}", f"{name}::{item.name}"} & SLOW_TESTS:
         tiers.add("slow")
     return tiers
 

@@ -154,22 +154,3 @@ def test_gpu_launch_sizes_fp64_and_beta2_near_one(monkeypatch):
             results.append((W, M, V, ps[0]))
         for k, r in zip(*results):
             assert_matches_reference(k, r, rtol=rtol, what=str(dtype))
-
-
-def test_the_registered_ops_of_a_traced_step_pass_opcheck():
-    """``lorenza::triton_projected_adam_`` and ``lorenza::triton_adam_``, which a traced step calls
-    (docs/design.md, "torch.compile"): schema, in-place writes and fake kernels as torch checks them."""
-    from lorenza.kernels import projected_adam as kernels  # registers the ops
-
-    torch.manual_seed(0)
-    W, G = torch.randn(12, 10, device=DEVICE), torch.randn(12, 10, device=DEVICE)
-    basis = torch.linalg.qr(torch.randn(12, 3, device=DEVICE))[0]
-    M, V = torch.zeros(3, 10, device=DEVICE), torch.zeros(3, 10, device=DEVICE)
-    step_size = torch.tensor(1e-2, dtype=torch.float64, device=DEVICE)
-    hyper = dict(beta1=0.9, beta2=0.999, eps=1e-6, step_size=step_size, decay=1e-3)
-    torch.library.opcheck(kernels.registered_projected_adam_,
-                          (W, G, M, V, basis, "left", 1.0), dict(scale=0.25, projected=False, **hyper))
-    params = [torch.randn(5, device=DEVICE), torch.randn(7, 3, device=DEVICE)]
-    moments = [[torch.zeros_like(p) for p in params] for _ in range(2)]
-    grads = [torch.randn_like(p) for p in params]
-    torch.library.opcheck(kernels.registered_adam_, (params, grads, *moments), hyper)

@@ -130,8 +130,9 @@ def projected_adam8_(W, G, m_codes, m_absmax, v_codes, v_absmax, basis, side, li
 @triton.jit
 def _multi_adam8_kernel(table_ptr, blocks_ptr, maps_ptr, beta1: tl.float64, one_minus_beta1: tl.float64,
                         beta2: tl.float64, one_minus_beta2: tl.float64, eps: tl.float64,
-                        step_size: tl.float64, keep: tl.float64, P_DTYPE: tl.constexpr,
-                        G_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, BLOCKS: tl.constexpr):
+                        step_size: tl.float64, step_size_ptr, keep: tl.float64, P_DTYPE: tl.constexpr,
+                        G_DTYPE: tl.constexpr, COMPUTE: tl.constexpr, STEP_SIZE_IN_MEMORY: tl.constexpr,
+                        BLOCKS: tl.constexpr):
     pid = tl.program_id(0)
     tensor = tl.load(blocks_ptr + 2 * pid)
     row = table_ptr + 7 * tensor  # (param, grad, m codes, m absmax, v codes, v absmax) addresses, numel
@@ -145,8 +146,12 @@ def _multi_adam8_kernel(table_ptr, blocks_ptr, maps_ptr, beta1: tl.float64, one_
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
     n = _adam8(g, mc_ptr, ma_ptr, vc_ptr, va_ptr, maps_ptr, offs, mask, blocks, block_ok, beta1,
                one_minus_beta1, beta2, one_minus_beta2, eps, COMPUTE)
+    if STEP_SIZE_IN_MEMORY:  # a traced step's, a float64 tensor on the device: read there, no host sync
+        step = tl.load(step_size_ptr).to(COMPUTE)
+    else:
+        step = tl.cast(step_size, COMPUTE)
     p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
-    p = (p - tl.cast(step_size, COMPUTE) * n) * tl.cast(keep, COMPUTE)
+    p = (p - step * n) * tl.cast(keep, COMPUTE)
     tl.store(p_ptr + offs, round_to(p, P_DTYPE), mask=mask)
 
 
@@ -169,7 +174,43 @@ def adam8_(params, grads, m_codes, m_absmax, v_codes, v_absmax, *, beta1, beta2,
     for (device, p_dtype, g_dtype), group in groups.items():
         blocks = _blocks_per_program(max(member[0].numel() for member in group))
         table, block_map = TABLES.get(group, blocks * BLOCK, device)
+        in_memory = isinstance(step_size, torch.Tensor)
         _multi_adam8_kernel[(block_map.shape[0],)](
-            table, block_map, _maps(str(device)), *betas(beta1, beta2), float(eps), float(step_size),
+            table, block_map, _maps(str(device)), *betas(beta1, beta2), float(eps),
+            0.0 if in_memory else float(step_size), step_size.to(device, torch.float64) if in_memory else table,
             1.0 - decay, P_DTYPE=launch.TL_DTYPES[p_dtype], G_DTYPE=launch.TL_DTYPES[g_dtype],
-            COMPUTE=launch.compute_dtype(p_dtype), BLOCKS=blocks)
+            COMPUTE=launch.compute_dtype(p_dtype), STEP_SIZE_IN_MEMORY=in_memory, BLOCKS=blocks)
+
+
+# -- the kernels as registered ops, which a traced step (torch.compile) calls as one op each, as
+# projected_adam.py's (see there) ----------------------------------------------------------------
+
+@torch.library.custom_op("lorenza::triton_projected_adam8_",
+                         mutates_args=("W", "m_codes", "m_absmax", "v_codes", "v_absmax"))
+def registered_projected_adam8_(W: torch.Tensor, G: torch.Tensor, m_codes: torch.Tensor, m_absmax: torch.Tensor,
+                                v_codes: torch.Tensor, v_absmax: torch.Tensor, basis: torch.Tensor, side: str,
+                                lift_scale: float, scale: float, beta1: float, beta2: float, eps: float,
+                                step_size: torch.Tensor, decay: float, projected: bool) -> None:
+    projected_adam8_(W, G, m_codes, m_absmax, v_codes, v_absmax, basis, side, lift_scale, scale=scale,
+                     residual=False, beta1=beta1, beta2=beta2, eps=eps, step_size=step_size, decay=decay,
+                     projected=projected)
+
+
+@registered_projected_adam8_.register_fake
+def _(W, G, m_codes, m_absmax, v_codes, v_absmax, basis, side, lift_scale, scale, beta1, beta2, eps, step_size,
+      decay, projected) -> None:
+    return None
+
+
+@torch.library.custom_op("lorenza::triton_adam8_", mutates_args=("params", "m_codes", "m_absmax", "v_codes",
+                                                                 "v_absmax"))
+def registered_adam8_(params: list[torch.Tensor], grads: list[torch.Tensor], m_codes: list[torch.Tensor],
+                      m_absmax: list[torch.Tensor], v_codes: list[torch.Tensor], v_absmax: list[torch.Tensor],
+                      beta1: float, beta2: float, eps: float, step_size: torch.Tensor, decay: float) -> None:
+    adam8_(params, grads, m_codes, m_absmax, v_codes, v_absmax, beta1=beta1, beta2=beta2, eps=eps,
+           step_size=step_size, decay=decay)
+
+
+@registered_adam8_.register_fake
+def _(params, grads, m_codes, m_absmax, v_codes, v_absmax, beta1, beta2, eps, step_size, decay) -> None:
+    return None

@@ -67,3 +67,16 @@ def normal_(out: torch.Tensor, key: int, start: int = 0) -> torch.Tensor:
         _fill_kernel[grid](out, numel, key, start, BLOCK=block, ALIGNED=aligned,
                            num_warps=8 if aligned else 4)
     return out
+
+
+# -- the fill as a registered op, which a traced step (torch.compile) calls as one op: a Gaussian
+# basis regenerated from its key at every step (projected_adam.py says why the kernels are ops) -----
+
+@torch.library.custom_op("lorenza::triton_normal_", mutates_args=("out",))
+def registered_normal_(out: torch.Tensor, key: int, start: int) -> None:
+    normal_(out, key, start)
+
+
+@registered_normal_.register_fake
+def _(out, key, start) -> None:
+    return None

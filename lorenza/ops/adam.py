@@ -29,13 +29,15 @@ def _reference_projected_adam_(param, grad, exp_avg, exp_avg_sq, *rest, **hyper)
 
 
 def _triton_projected_adam_(param, grad, exp_avg, exp_avg_sq, *rest, **hyper):
-    if _stored8(exp_avg):
-        from ..kernels.adam8 import projected_adam8_
-        return projected_adam8_(param, grad, *exp_avg, *exp_avg_sq, *rest, **hyper)
+    from ..kernels.adam8 import projected_adam8_
     from ..kernels.projected_adam import projected_adam_
     if isinstance(hyper["step_size"], torch.Tensor):  # a traced step: the kernels as one registered op
         hyper.pop("residual")  # a traced step has none (optim/projected.py, traces_step)
+        if _stored8(exp_avg):
+            return torch.ops.lorenza.triton_projected_adam8_(param, grad, *exp_avg, *exp_avg_sq, *rest, **hyper)
         return torch.ops.lorenza.triton_projected_adam_(param, grad, exp_avg, exp_avg_sq, *rest, **hyper)
+    if _stored8(exp_avg):
+        return projected_adam8_(param, grad, *exp_avg, *exp_avg_sq, *rest, **hyper)
     return projected_adam_(param, grad, exp_avg, exp_avg_sq, *rest, **hyper)
 
 
@@ -46,13 +48,13 @@ def _reference_adam_(params, grads, exp_avgs, exp_avg_sqs, **hyper):
 
 
 def _triton_adam_(params, grads, exp_avgs, exp_avg_sqs, **hyper):
-    if exp_avgs and _stored8(exp_avgs[0]):
-        from ..kernels.adam8 import adam8_
-        return adam8_(params, grads, *_columns8(exp_avgs), *_columns8(exp_avg_sqs), **hyper)
+    from ..kernels.adam8 import adam8_
     from ..kernels.projected_adam import adam_
-    if isinstance(hyper["step_size"], torch.Tensor):  # a traced step: the kernel as a registered op
-        return torch.ops.lorenza.triton_adam_(params, grads, exp_avgs, exp_avg_sqs, **hyper)
-    return adam_(params, grads, exp_avgs, exp_avg_sqs, **hyper)
+    traced = isinstance(hyper["step_size"], torch.Tensor)  # a traced step: the kernel as a registered op
+    if exp_avgs and _stored8(exp_avgs[0]):
+        columns = (*_columns8(exp_avgs), *_columns8(exp_avg_sqs))
+        return (torch.ops.lorenza.triton_adam8_ if traced else adam8_)(params, grads, *columns, **hyper)
+    return (torch.ops.lorenza.triton_adam_ if traced else adam_)(params, grads, exp_avgs, exp_avg_sqs, **hyper)
 
 
 def _sums_over_ranks(args, kwargs) -> bool:

@@ -9,6 +9,9 @@ from . import backend
 
 def _triton_normal_(out, key, start=0):
     from ..kernels import philox as kernel
+    if torch.compiler.is_compiling():  # a traced step's Gaussian basis: the kernel as a registered op
+        torch.ops.lorenza.triton_normal_(out, key, start)
+        return out
     return kernel.normal_(out, key, start)
 
 

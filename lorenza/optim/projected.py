@@ -360,26 +360,24 @@ class ProjectedOptimizer(LorenzaOptimizer):
     # -- the step -----------------------------------------------------------------------------
 
     def traces_step(self) -> bool:
-        """A steady first-order step (no ``ascent``, no new basis now) of 32-bit state in standard
-        mode, no residual and no FSDP2 shard: checked to trace without a break, on every backend
-        (the Triton Adam kernels as registered ops; a Gaussian basis's noise on PyTorch or
-        ``lorenza._C``, the Triton noise kernel not yet). A step that takes a new basis runs
-        eagerly, so that its noise key (64-bit integer arithmetic on the step count) is not traced,
-        which would make a graph per refresh (``_gaussian_key``)."""
+        """A steady first-order step (no ``ascent``, no new basis now) in standard mode, no residual and
+        no FSDP2 shard, its moments stored as its group's ``state_bits`` asks (not a checkpoint of
+        another width, converted at its first step): checked to trace without a break, on every
+        backend (the Triton kernels as registered ops). A step that takes a new basis runs eagerly,
+        so that its noise key (64-bit integer arithmetic on the step count) is not traced, which would
+        make a graph per refresh (``_gaussian_key``)."""
         if self.ascent is not None or self.per_layer or not self.update_rule.traceable:
             return False
         self.index_projected()
         for group in self.param_groups:
             self._init_group(group)
-            if group["state_bits"] != 32 or group.get("residual"):
+            if group.get("residual"):
                 return False
             for param in group["params"]:
                 if is_dtensor(param) or param.grad is not None and self.new_basis_due(param, group):
                     return False
-                if group["projector"] == "random":
-                    with ops.chosen(self.backend):
-                        if ops.resolve("noise", param.device) == "triton":
-                            return False
+                if not quantized_moments.stored_as_asked(self.state.get(param, {}), group["state_bits"]):
+                    return False
         return True
 
     def _init_group(self, group: dict) -> None:

@@ -44,6 +44,13 @@ def convert_(state: dict, key: str, bits: int, dtype) -> None:
         state[key] = quantize.dequantize8(stored, state.pop(absmax_key(key)), SIGNED[key], dtype)
 
 
+def stored_as_asked(state: dict, bits: int) -> bool:
+    """Whether every moment in ``state`` is in the form ``state_bits=bits`` asks for (``convert_``
+    changes nothing)."""
+    return all(quantized(bits, state[key].numel()) == (state[key].dtype == torch.uint8)
+               for key in SIGNED if key in state)
+
+
 def moment(state: dict, key: str):
     """Moment ``key`` as the ops take it: this rank's float tensor, or its :class:`Blockwise8` codes."""
     stored = state[key]
