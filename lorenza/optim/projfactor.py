@@ -8,6 +8,7 @@ import torch
 
 from ..projector import work_dtype
 from ..ops import quantize
+from ..reference.adam import sub_scaled_
 from . import quantized_moments
 from .per_layer import subspace_gradient
 from .projected_adam import adam_hyper
@@ -55,10 +56,7 @@ def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_
         stop = min(rows, start + block)
         denominator = torch.outer(v_row[start:stop], col).sqrt_().add_(eps)
         update = torch.div(numerator_rows(start, stop), denominator, out=denominator)
-        if isinstance(step_size, torch.Tensor):  # a traced step's (projected_adam.adam_hyper)
-            param[start:stop].sub_(update.mul_(step_size))
-        else:
-            param[start:stop].add_(update, alpha=-step_size)
+        sub_scaled_(param[start:stop], update, step_size)
 
 
 class FactoredUpdate:

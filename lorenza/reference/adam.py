@@ -39,11 +39,17 @@ def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
                   step_size=step_size, decay=decay)
         return
     _moments_(M, V, grad.to(M.dtype), beta1, beta2)
-    if isinstance(step_size, torch.Tensor):  # a traced step's (optim/projected_adam.adam_hyper)
-        param.sub_(_normalized(M, V, eps).mul_(step_size))
-    else:
-        param.add_(_normalized(M, V, eps), alpha=-step_size)
+    sub_scaled_(param, _normalized(M, V, eps), step_size)
     decay_(param, decay)
+
+
+def sub_scaled_(param, update, step_size) -> None:
+    """``param -= step_size * update`` in place; ``update`` may be overwritten. A tensor step size (a
+    traced step's, optim/projected_adam.adam_hyper) scales ``update`` on the device."""
+    if isinstance(step_size, torch.Tensor):
+        param.sub_(update.mul_(step_size))
+    else:
+        param.add_(update, alpha=-step_size)
 
 
 def projected_adam_(param, grad, M, V, basis, side, lift_scale, *, scale, residual, beta1, beta2, eps,
