@@ -10,18 +10,27 @@ from bench.live_bytes import LiveBytes
 MODEL = "quick"  # a 2-layer LLaMA of 8000 tokens, width 256 (bench/helpers.py)
 
 
+# Measured on the CPU too: every mechanism once. The 8-bit and per-layer forms of Lorenza and
+# AdaZoSAM repeat what LowRankAdamW's forms and their own plain forms show, at 10 s each (the
+# reference's noise on the CPU).
+REPEATED = {"Lorenza per-layer", "Lorenza 8-bit", "Lorenza 8-bit per-layer", "AdaZoSAM 8-bit"}
+
+
 @pytest.fixture(scope="module")
 def counts():
-    return {name: {"meta": step_memory.counted(name, MODEL), "cpu": step_memory.step_memory(make, MODEL, "cpu")}
+    return {name: {"meta": step_memory.counted(name, MODEL)} | (
+                {} if name in REPEATED else {"cpu": step_memory.step_memory(make, MODEL, "cpu")})
             for name, make in step_memory.candidates().items()}
 
 
 def test_the_meta_count_equals_the_cpu_measurement(counts):
+    measured = {name: both for name, both in counts.items() if "cpu" in both}
+    assert len(measured) == len(counts) - len(REPEATED)
     # to a few constant tables that the CPU builds outside the dispatcher (the 8-bit maps: 1 KiB)
-    differ = {name: both for name, both in counts.items()
+    differ = {name: both for name, both in measured.items()
               if any(abs(both["meta"][part] - both["cpu"][part]) > 4096 for part in both["meta"])}
     assert not differ
-    assert sum(both["meta"] == both["cpu"] for both in counts.values()) > len(counts) / 2
+    assert sum(both["meta"] == both["cpu"] for both in measured.values()) > len(measured) / 2
 
 
 def bf16_bytes(projected=None):
