@@ -50,7 +50,7 @@ SLOW_TESTS = {  # file::test of other files, each several seconds on a 2-core CP
     "test_hf_trainer.py::test_a_run_resumed_from_a_mid_run_checkpoint_ends_bit_identical",
     "test_hf_trainer.py::test_accumulating_two_micro_batches_of_4_is_one_batch_of_8",
     "test_hf_trainer.py::test_torch_compile_trains_as_the_eager_model",
-    "test_state_bits.py::test_8_bit_state_follows_the_float32_run_over_many_steps",
+    "test_state_bits.py::test_narrow_state_follows_the_float32_run_over_many_steps",
     "test_lozo.py::test_the_update_is_unbiased_up_to_the_rank",
     "test_package.py::test_without_the_extension_everything_runs_on_the_reference",
     "test_triton_perturb.py::test_gpu_launch_sizes_and_fp64",

@@ -20,7 +20,8 @@ FORMS = {  # name: (optimizer, keywords, the op that shows its update in a graph
     "LowRankAdamW-triton": ("LowRankAdamW", dict(rank=2, update_gap=3, backend="triton"),
                             "triton_projected_adam_"),
     "LowRankAdamW-random": ("LowRankAdamW", dict(rank=2, update_gap=3, projector="random"), "addmm_"),
-    "LowRankAdamW-random-triton": ("LowRankAdamW", dict(rank=2, update_gap=3, projector="random", backend="triton"),
+    "LowRankAdamW-random-triton": ("LowRankAdamW", dict(rank=2, update_gap=3, projector="random",
+                                                         backend="triton"),
                                    "triton_normal_"),  # the basis regenerated from its key at every step
     "LowRankAdamW-8bit": ("LowRankAdamW", dict(rank=2, update_gap=3, state_bits=8), "bucketize"),  # the codes
     "LowRankAdamW-8bit-triton": ("LowRankAdamW", dict(rank=2, update_gap=3, state_bits=8, backend="triton"),

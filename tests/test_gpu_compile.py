@@ -37,8 +37,8 @@ def test_the_subset_covers_every_setting_the_heuristic_picks(rows):
             ("_rank_update_kernel", "HAS_GRAD=True"), ("_rank_update_kernel", "sw0=1"),  # transposed
             ("_rank_update_kernel", "sw1=1"), ("_fill_kernel", "ALIGNED=False"),
             ("_fill_kernel", "ALIGNED=True")] + [
-            (kernel, f"STEP_SIZE_IN_MEMORY={traced}") for kernel in ("_multi_adam_kernel", "_multi_adam8_kernel")
-            for traced in (False, True)] + [
+            (kernel, f"STEP_SIZE_IN_MEMORY={traced}")
+            for kernel in ("_multi_adam_kernel", "_multi_adam8_kernel") for traced in (False, True)] + [
             (kernel, f"w_ptr:{dtype}") for kernel in ("_rank_update_kernel", "_gaussian_kernel")
             for dtype in ("fp32", "bf16", "fp16")]:
         assert expected in settings

@@ -177,7 +177,8 @@ def adam8_(params, grads, m_codes, m_absmax, v_codes, v_absmax, *, beta1, beta2,
         in_memory = isinstance(step_size, torch.Tensor)
         _multi_adam8_kernel[(block_map.shape[0],)](
             table, block_map, _maps(str(device)), *betas(beta1, beta2), float(eps),
-            0.0 if in_memory else float(step_size), step_size.to(device, torch.float64) if in_memory else table,
+            0.0 if in_memory else float(step_size),
+            step_size.to(device, torch.float64) if in_memory else table,
             1.0 - decay, P_DTYPE=launch.TL_DTYPES[p_dtype], G_DTYPE=launch.TL_DTYPES[g_dtype],
             COMPUTE=launch.compute_dtype(p_dtype), STEP_SIZE_IN_MEMORY=in_memory, BLOCKS=blocks)
 
@@ -187,8 +188,9 @@ def adam8_(params, grads, m_codes, m_absmax, v_codes, v_absmax, *, beta1, beta2,
 
 @torch.library.custom_op("lorenza::triton_projected_adam8_",
                          mutates_args=("W", "m_codes", "m_absmax", "v_codes", "v_absmax"))
-def registered_projected_adam8_(W: torch.Tensor, G: torch.Tensor, m_codes: torch.Tensor, m_absmax: torch.Tensor,
-                                v_codes: torch.Tensor, v_absmax: torch.Tensor, basis: torch.Tensor, side: str,
+def registered_projected_adam8_(W: torch.Tensor, G: torch.Tensor, m_codes: torch.Tensor,
+                                m_absmax: torch.Tensor, v_codes: torch.Tensor, v_absmax: torch.Tensor,
+                                basis: torch.Tensor, side: str,
                                 lift_scale: float, scale: float, beta1: float, beta2: float, eps: float,
                                 step_size: torch.Tensor, decay: float, projected: bool) -> None:
     projected_adam8_(W, G, m_codes, m_absmax, v_codes, v_absmax, basis, side, lift_scale, scale=scale,
@@ -197,8 +199,8 @@ def registered_projected_adam8_(W: torch.Tensor, G: torch.Tensor, m_codes: torch
 
 
 @registered_projected_adam8_.register_fake
-def _(W, G, m_codes, m_absmax, v_codes, v_absmax, basis, side, lift_scale, scale, beta1, beta2, eps, step_size,
-      decay, projected) -> None:
+def _(W, G, m_codes, m_absmax, v_codes, v_absmax, basis, side, lift_scale, scale, beta1, beta2, eps,
+      step_size, decay, projected) -> None:
     return None
 
 

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.precision import compute_dtype
 from . import launch
 from .rounding import round_to
 from .rank_update import rank_update_
@@ -57,10 +58,11 @@ def _project_adam_kernel(a_ptr, sa0, sa1, b_ptr, sb0, sb1, m_ptr, v_ptr, n_ptr, 
     mask = row_ok[:, None] & col_ok[None, :]
     offs = rows[:, None] * n_cols + cols[None, :]  # moments, N and R are contiguous
     if ADAM:
-        m, v, n = adam_moments(acc, tl.load(m_ptr + offs, mask=mask), tl.load(v_ptr + offs, mask=mask),
-                                beta1, one_minus_beta1, beta2, one_minus_beta2, eps, COMPUTE)
-        tl.store(m_ptr + offs, m, mask=mask)
-        tl.store(v_ptr + offs, v, mask=mask)
+        m, v, n = adam_moments(acc, tl.load(m_ptr + offs, mask=mask).to(COMPUTE),
+                                tl.load(v_ptr + offs, mask=mask).to(COMPUTE), beta1, one_minus_beta1, beta2,
+                                one_minus_beta2, eps, COMPUTE)
+        tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)  # bfloat16 at state_bits=16
+        tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
         tl.store(n_ptr + offs, n, mask=mask)
     if STORE_R:
         tl.store(r_ptr + offs, acc, mask=mask)
@@ -71,12 +73,13 @@ def betas(beta1, beta2) -> tuple:
     return float(beta1), 1.0 - float(beta1), float(beta2), 1.0 - float(beta2)
 
 
-def _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R: bool):
-    """``N`` (and ``R`` when asked), with ``M, V`` updated in place."""
+def _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R: bool, dtype):
+    """``N`` (and ``R`` when asked) in ``dtype`` (the arithmetic's), with ``M, V`` updated in place
+    (stored in their own dtype: bfloat16 at ``state_bits=16``)."""
     if not (M.is_contiguous() and V.is_contiguous()):
         raise ValueError("the projected Adam kernel needs contiguous moments")
-    N = torch.empty_like(M)
-    R = torch.empty_like(M) if store_R else N
+    N = torch.empty(M.shape, dtype=dtype, device=M.device)
+    R = torch.empty_like(N) if store_R else N
     _launch_projection(G, basis, side, M, V, N, R, betas=betas(beta1, beta2), eps=eps, store_R=store_R)
     return N, (R if store_R else None)
 
@@ -96,7 +99,7 @@ def _launch_projection(G, basis, side, M, V, N, R, *, betas, eps, store_R, adam=
         A, B = basis.T, G
     rows, cols = M.shape
     block_m, block_n = launch.tile(rows, cols)
-    compute = launch.compute_dtype(M.dtype)
+    compute = launch.compute_dtype(N.dtype)
     _project_adam_kernel[(triton.cdiv(rows, block_m), triton.cdiv(cols, block_n))](
         A, A.stride(0), A.stride(1), B, B.stride(0), B.stride(1), M, V, N, R, rows, cols, A.shape[1],
         *betas, float(eps), STORE_R=store_R, ADAM=adam, COMPUTE=compute,
@@ -111,23 +114,24 @@ def _subspace_adam_kernel(r_ptr, m_ptr, v_ptr, n_ptr, numel, beta1: tl.float64, 
                           COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    m, v, n = adam_moments(tl.load(r_ptr + offs, mask=mask).to(COMPUTE), tl.load(m_ptr + offs, mask=mask),
-                            tl.load(v_ptr + offs, mask=mask), beta1, one_minus_beta1, beta2, one_minus_beta2,
-                            eps, COMPUTE)
-    tl.store(m_ptr + offs, m, mask=mask)
-    tl.store(v_ptr + offs, v, mask=mask)
+    r = tl.load(r_ptr + offs, mask=mask).to(COMPUTE)
+    m, v, n = adam_moments(r, tl.load(m_ptr + offs, mask=mask).to(COMPUTE),
+                            tl.load(v_ptr + offs, mask=mask).to(COMPUTE), beta1, one_minus_beta1, beta2,
+                            one_minus_beta2, eps, COMPUTE)
+    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
     tl.store(n_ptr + offs, n, mask=mask)
 
 
-def _subspace_adam(R, M, V, beta1, beta2, eps):
-    """``N`` from an already projected gradient ``R`` (per-layer mode), ``M, V`` updated in place."""
+def _subspace_adam(R, M, V, beta1, beta2, eps, dtype):
+    """``N`` (in ``dtype``) from an already projected gradient ``R`` (per-layer mode), ``M, V``
+    updated in place."""
     if not all(t.is_contiguous() for t in (R, M, V)) or R.shape != M.shape:
         raise ValueError("the subspace Adam kernel needs contiguous moments and a gradient of their shape")
-    N = torch.empty_like(M)
+    N = torch.empty(M.shape, dtype=dtype, device=M.device)
     block = launch.elementwise_block(M.numel())
     _subspace_adam_kernel[(triton.cdiv(M.numel(), block),)](
-        R, M, V, N, M.numel(), *betas(beta1, beta2), float(eps), COMPUTE=launch.compute_dtype(M.dtype),
-        BLOCK=block)
+        R, M, V, N, M.numel(), *betas(beta1, beta2), float(eps), COMPUTE=launch.TL_DTYPES[dtype], BLOCK=block)
     return N
 
 
@@ -140,9 +144,9 @@ def projected_adam_(W, G, M, V, basis, side, lift_scale, *, scale, residual, bet
     if projected:
         if residual:
             raise ValueError("the residual needs the full gradient, not its projection")
-        N, R = _subspace_adam(G, M, V, beta1, beta2, eps), None
+        N, R = _subspace_adam(G, M, V, beta1, beta2, eps, compute_dtype(W.dtype)), None
     else:
-        N, R = _project_adam(G, M, V, basis, side, beta1, beta2, eps, store_R=residual)
+        N, R = _project_adam(G, M, V, basis, side, beta1, beta2, eps, residual, compute_dtype(W.dtype))
     lift_step_(W, G, N, R, basis, side, lift_scale, scale=scale, residual=residual, step_size=step_size,
                decay=decay)
 

@@ -34,7 +34,8 @@ def _triton_projected_adam_(param, grad, exp_avg, exp_avg_sq, *rest, **hyper):
     if isinstance(hyper["step_size"], torch.Tensor):  # a traced step: the kernels as one registered op
         hyper.pop("residual")  # a traced step has none (optim/projected.py, traces_step)
         if _stored8(exp_avg):
-            return torch.ops.lorenza.triton_projected_adam8_(param, grad, *exp_avg, *exp_avg_sq, *rest, **hyper)
+            return torch.ops.lorenza.triton_projected_adam8_(param, grad, *exp_avg, *exp_avg_sq, *rest,
+                                                             **hyper)
         return torch.ops.lorenza.triton_projected_adam_(param, grad, exp_avg, exp_avg_sq, *rest, **hyper)
     if _stored8(exp_avg):
         return projected_adam8_(param, grad, *exp_avg, *exp_avg_sq, *rest, **hyper)
@@ -54,7 +55,8 @@ def _triton_adam_(params, grads, exp_avgs, exp_avg_sqs, **hyper):
     if exp_avgs and _stored8(exp_avgs[0]):
         columns = (*_columns8(exp_avgs), *_columns8(exp_avg_sqs))
         return (torch.ops.lorenza.triton_adam8_ if traced else adam8_)(params, grads, *columns, **hyper)
-    return (torch.ops.lorenza.triton_adam_ if traced else adam_)(params, grads, exp_avgs, exp_avg_sqs, **hyper)
+    run = torch.ops.lorenza.triton_adam_ if traced else adam_
+    return run(params, grads, exp_avgs, exp_avg_sqs, **hyper)
 
 
 def _sums_over_ranks(args, kwargs) -> bool:

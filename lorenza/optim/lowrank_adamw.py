@@ -14,8 +14,8 @@ class LowRankAdamW(ProjectedOptimizer):
     ``(m c) x (n / c)`` (``(m / c) x (n c)`` for a wide one), VLoRP's finer projection units; then
     the rank is compared with that view's smaller side. ``stagger=True`` spreads the refreshes of
     the layers over the gap. Weight decay is applied after the update, as GaLore does.
-    ``state_bits=8`` keeps Adam's moments of 4096 elements or more in blockwise 8-bit codes
-    (docs/algorithms.md, section 9). ``per_layer=True`` projects each gradient in backward and frees
+    ``state_bits=16`` stores Adam's moments in bfloat16, ``state_bits=8`` those of 4096 elements or
+    more in blockwise 8-bit codes (docs/algorithms.md, section 9). ``per_layer=True`` projects each gradient in backward and frees
     it (:class:`~lorenza.optim.per_layer.PerLayer`; docs/algorithms.md, section 10).
 
     Every keyword but ``per_layer`` is also a param-group key; GaLore's ``update_proj_gap`` and

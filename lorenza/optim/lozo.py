@@ -144,7 +144,8 @@ class LOZO(ZerothOrderOptimizer):
         if "momentum_buffer" not in state:
             dtype = work_dtype(param.dtype)
             if param.dim() == 2:
-                zeros = torch.zeros(view.weight.shape[0], view.group["rank"], dtype=dtype, device=param.device)
+                zeros = torch.zeros(view.weight.shape[0], view.group["rank"], dtype=dtype,
+                                    device=param.device)
                 state["momentum_buffer"] = view.placed(zeros, view.rows)
                 state["momentum_v_refresh"] = torch.tensor(0)
             else:  # a DTensor for a DTensor

@@ -3,7 +3,6 @@ keys of its param groups and GaLore's aliases, which parameters are projected, t
 refresh schedule, the state a step creates, per-layer mode (a ``PerLayer`` it owns) and the
 first-order step. Each optimizer names its update rule (``update_rule``: Adam's, or ProjFactor's
 factored one) and, for a sharpness-aware step, its ascent (``ascent``)."""
-import math
 import warnings
 
 import torch
@@ -103,8 +102,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
         _checks.int_at_least("granularity", group["granularity"], 1)
         _checks.one_of("state_bits", group["state_bits"], quantized_moments.STATE_BITS)
         if group["state_bits"] != 32 and any(map(is_dtensor, group["params"])):
-            raise ValueError("state_bits=8 is not yet supported for FSDP2's sharded parameters "
-                             "(docs/algorithms.md, section 9)")
+            raise ValueError(f"state_bits={group['state_bits']} is not yet supported for FSDP2's sharded "
+                             "parameters (docs/algorithms.md, section 9)")
         if group["rank"] is not None:
             for param in group["params"]:
                 if param.dim() == 2 and group["rank"] < min(param.shape):  # a weight meant to be projected
@@ -217,7 +216,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
     @staticmethod
     def folded_shard(view, side: str, granularity: int):
         """The ``RowShard`` of the parameter's projected view, None unless it is sharded by rows."""
-        if view.shard is None:  # the usual step builds no message (a string built from tensors breaks a traced graph)
+        # the usual step builds no message: a string built from tensors breaks a traced graph
+        if view.shard is None:
             return None
         return view.shard.folded(side, granularity, f"parameter {view.id} (shape {tuple(view.param.shape)})")
 
@@ -244,8 +244,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
 
     def _moments(self, view, shapes: dict, count: bool = True, bits: int = 32):
         """The parameter's state with this step counted (unless ``count`` is False) and the zero
-        moments it lacks created (float32, float64 for float64 weights; Adam's moments in 8 bits
-        when ``bits`` is 8 and they are large enough, ``quantized_moments``). ``shapes`` maps each
+        moments it lacks created (float32, float64 for float64 weights; Adam's moments as ``bits``
+        asks, ``quantized_moments``: bfloat16, or 8 bits when large enough). ``shapes`` maps each
         key to ``(shape, rows)``: this rank's shape, and for a DTensor parameter the global rows of a
         tensor sharded like it, or None for one every rank holds whole (``ParamView.placed``)."""
         param = view.param
@@ -255,10 +255,11 @@ class ProjectedOptimizer(LorenzaOptimizer):
         for key, (shape, rows) in shapes.items():
             if key in state:
                 continue
-            if key in quantized_moments.SIGNED and quantized_moments.quantized(bits, math.prod(shape)):
-                state.update(quantized_moments.zeros(key, shape, param.device))
+            work = proj.work_dtype(param.dtype)
+            if key in quantized_moments.SIGNED and bits != 32:  # not sharded (FSDP2 takes 32 alone)
+                state.update(quantized_moments.zeros(key, shape, param.device, bits, work))
             else:
-                zeros = torch.zeros(shape, dtype=proj.work_dtype(param.dtype), device=param.device)
+                zeros = torch.zeros(shape, dtype=work, device=param.device)
                 state[key] = view.placed(zeros, rows)
         if count:
             self._step_counts[id(param)] = self.step_count(param) + 1
@@ -376,7 +377,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
             for param in group["params"]:
                 if is_dtensor(param) or param.grad is not None and self.new_basis_due(param, group):
                     return False
-                if not quantized_moments.stored_as_asked(self.state.get(param, {}), group["state_bits"]):
+                if not quantized_moments.stored_as_asked(self.state.get(param, {}), group["state_bits"],
+                                                         proj.work_dtype(param.dtype)):
                     return False
         return True
 

@@ -8,7 +8,6 @@ import torch
 
 from ..projector import work_dtype
 from ..ops import quantize
-from ..reference.adam import sub_scaled_
 from . import quantized_moments
 from .per_layer import subspace_gradient
 from .projected_adam import adam_hyper
@@ -56,7 +55,10 @@ def factored_update_(param: torch.Tensor, numerator_rows, v_row, v_col, *, step_
         stop = min(rows, start + block)
         denominator = torch.outer(v_row[start:stop], col).sqrt_().add_(eps)
         update = torch.div(numerator_rows(start, stop), denominator, out=denominator)
-        sub_scaled_(param[start:stop], update, step_size)
+        if isinstance(step_size, torch.Tensor):  # a traced step's (projected_adam.adam_hyper)
+            param[start:stop].sub_(update.mul_(step_size))
+        else:
+            param[start:stop].add_(update, alpha=-step_size)
 
 
 class FactoredUpdate:
@@ -168,8 +170,9 @@ class ProjFactor(ProjectedOptimizer):
     frees the full gradient: the projected weights' ``.grad`` stays None, ``zero_grad`` clears the
     accumulators, and ``remove_hooks()`` undoes the hooks.
 
-    ``state_bits=8`` keeps the first moment, when it has 4096 elements or more, in blockwise 8-bit
-    codes (docs/algorithms.md, section 9); the factored second moment stays float32.
+    ``state_bits=16`` stores the first moment in bfloat16, ``state_bits=8`` in blockwise 8-bit codes
+    when it has 4096 elements or more (docs/algorithms.md, section 9); the factored second moment
+    stays float32.
 
     Every keyword but ``per_layer`` is also a param-group key.
     """
@@ -192,10 +195,13 @@ class ProjFactor(ProjectedOptimizer):
 
 @contextlib.contextmanager
 def _floats(moment, dtype):
-    """``moment`` as floats to update in place: itself, or an 8-bit one's dequantized values (shaped
-    like it), quantized back on exit."""
+    """``moment`` as floats of ``dtype`` to update in place: itself, or a copy of a bfloat16 one, or an
+    8-bit one's dequantized values (shaped like it), stored back on exit."""
     if isinstance(moment, torch.Tensor):
-        yield moment
+        values = moment if moment.dtype == dtype else moment.to(dtype)
+        yield values
+        if values is not moment:
+            moment.copy_(values)
         return
     with quantize.updated8(moment, 0, moment.codes.numel(), signed=True, dtype=dtype) as values:
         yield values.view(moment.codes.shape)
@@ -208,8 +214,9 @@ def _updated_rows(exp_avg, S, beta1, dtype, start, stop):
     rows, cols = S.shape
     gradient = S[start:stop]
     if isinstance(exp_avg, torch.Tensor):
-        M = exp_avg.view(rows, cols)[start:stop]
-        return M.mul_(beta1).add_(gradient.to(M.dtype), alpha=1 - beta1)
+        with _floats(exp_avg.view(rows, cols)[start:stop], dtype) as M:
+            M.mul_(beta1).add_(gradient.to(dtype), alpha=1 - beta1)
+        return M
     with quantize.updated8(exp_avg, start * cols, stop * cols, signed=True, dtype=dtype) as values:
         M = values.view(-1, cols).mul_(beta1).add_(gradient.to(values.dtype), alpha=1 - beta1)
     return M

@@ -1,11 +1,14 @@
-"""Adam's moments in the state at ``state_bits=8`` (docs/algorithms.md, section 9): a moment of
-``MIN_NUMEL`` elements or more is kept as blockwise 8-bit codes (``state[key]``, uint8, shaped like
-the moment) and one float32 maximum per block (``state[key + "_absmax"]``); smaller ones, and every
-moment at ``state_bits=32``, as float32 (float64 for float64 weights) tensors.
+"""Adam's moments in the state (docs/algorithms.md, section 9), stored as ``state_bits`` asks:
+
+- 32: float32 tensors (float64 for float64 weights);
+- 16: bfloat16 tensors, updated in float32 (float64) and rounded once when stored;
+- 8: a moment of ``MIN_NUMEL`` elements or more as blockwise 8-bit codes (``state[key]``, uint8,
+  shaped like the moment) and one float32 maximum per block (``state[key + "_absmax"]``); smaller
+  ones as at 32.
 
 The Adam ops update a moment in the form it is stored in (:func:`moment` hands them the codes), so
-a step needs no float copy of a whole 8-bit moment. A moment stored in the other form than its
-group now asks for (a checkpoint saved at another ``state_bits``) is converted before the step.
+a step needs no float copy of a whole 8-bit moment. A moment stored in another form than its group
+now asks for (a checkpoint saved at another ``state_bits``) is converted before the step.
 """
 import torch
 
@@ -14,7 +17,7 @@ from .view import held
 
 MIN_NUMEL = 4096  # below this the codes and maxima would save little: bitsandbytes' and torchao's limit
 SIGNED = {"exp_avg": True, "exp_avg_sq": False}  # the second moment's map has no negative values
-STATE_BITS = (32, 8)
+STATE_BITS = (32, 16, 8)
 
 
 def absmax_key(key: str) -> str:
@@ -26,28 +29,46 @@ def quantized(bits: int, numel: int) -> bool:
     return bits == 8 and numel >= MIN_NUMEL
 
 
-def zeros(key: str, shape, device) -> dict:
-    """The state entries of an all-zero 8-bit moment ``key``."""
+def stored_dtype(bits: int, numel: int, work: torch.dtype) -> torch.dtype:
+    """The dtype a moment of ``numel`` elements is stored in at ``state_bits=bits``, for weights
+    whose arithmetic is in ``work``: uint8 codes, bfloat16, or ``work`` itself."""
+    if quantized(bits, numel):
+        return torch.uint8
+    return torch.bfloat16 if bits == 16 else work
+
+
+def zeros(key: str, shape, device, bits: int, work: torch.dtype) -> dict:
+    """The state entries of an all-zero moment ``key`` stored at ``state_bits=bits``."""
+    dtype = stored_dtype(bits, torch.Size(shape).numel(), work)
+    if dtype != torch.uint8:
+        return {key: torch.zeros(shape, dtype=dtype, device=device)}
     codes = torch.full(shape, quantize.zero_code(SIGNED[key]), dtype=torch.uint8, device=device)
     absmax = torch.zeros(quantize.blocks(codes.numel()), dtype=torch.float32, device=device)
     return {key: codes, absmax_key(key): absmax}
 
 
 def convert_(state: dict, key: str, bits: int, dtype) -> None:
-    """Store moment ``key`` in the form ``state_bits=bits`` asks for (floats in ``dtype``) if it is
-    in the other."""
+    """Store moment ``key`` in the form ``state_bits=bits`` asks for (its arithmetic in ``dtype``) if
+    it is in another."""
     stored = state[key]
-    if quantized(bits, stored.numel()) and stored.dtype != torch.uint8:
-        state.update(zeros(key, stored.shape, stored.device))
-        quantize.quantize8_(state[key], state[absmax_key(key)], stored, SIGNED[key])
-    elif not quantized(bits, stored.numel()) and stored.dtype == torch.uint8:
-        state[key] = quantize.dequantize8(stored, state.pop(absmax_key(key)), SIGNED[key], dtype)
+    asked = stored_dtype(bits, stored.numel(), dtype)
+    if stored.dtype == asked:
+        return
+    if stored.dtype == torch.uint8:
+        values = quantize.dequantize8(stored, state.pop(absmax_key(key)), SIGNED[key], dtype)
+    else:
+        values = stored.to(dtype)
+    if asked == torch.uint8:
+        state.update(zeros(key, stored.shape, stored.device, bits, dtype))
+        quantize.quantize8_(state[key], state[absmax_key(key)], values, SIGNED[key])
+    else:
+        state[key] = values.to(asked)
 
 
-def stored_as_asked(state: dict, bits: int) -> bool:
+def stored_as_asked(state: dict, bits: int, dtype) -> bool:
     """Whether every moment in ``state`` is in the form ``state_bits=bits`` asks for (``convert_``
     changes nothing)."""
-    return all(quantized(bits, state[key].numel()) == (state[key].dtype == torch.uint8)
+    return all(state[key].dtype == stored_dtype(bits, state[key].numel(), dtype)
                for key in SIGNED if key in state)
 
 

@@ -7,6 +7,7 @@ applied after the update, as GaLore does.
 import torch
 
 from . import subspace
+from .precision import compute_dtype
 from .standing import standing_for_all
 
 
@@ -17,6 +18,20 @@ def _moments_(M, V, R, beta1, beta2):
 
 def _normalized(M, V, eps):
     return M / V.sqrt().add_(eps)
+
+
+def moments_and_step_(M, V, R, beta1, beta2, eps):
+    """Adam's moments updated in place with ``R`` and ``N = M / (sqrt(V) + eps)``, all in ``R``'s
+    dtype (the arithmetic's). Moments stored narrower (bfloat16 at ``state_bits=16``) are updated
+    in ``R``'s dtype and stored rounded once; ``N`` comes from the unrounded values, as the kernels
+    compute it in registers."""
+    m, v = (M, V) if M.dtype == R.dtype else (M.to(R.dtype), V.to(R.dtype))
+    _moments_(m, v, R, beta1, beta2)
+    N = _normalized(m, v, eps)
+    if m is not M:
+        M.copy_(m)
+        V.copy_(v)
+    return N
 
 
 def decay_(param, decay):
@@ -38,8 +53,8 @@ def adam_(param, grad, M, V, *, beta1, beta2, eps, step_size, decay):
             adam_(*(t[start:start + CHUNK] for t in flat), beta1=beta1, beta2=beta2, eps=eps,
                   step_size=step_size, decay=decay)
         return
-    _moments_(M, V, grad.to(M.dtype), beta1, beta2)
-    sub_scaled_(param, _normalized(M, V, eps), step_size)
+    N = moments_and_step_(M, V, grad.to(compute_dtype(param.dtype)), beta1, beta2, eps)
+    sub_scaled_(param, N, step_size)
     decay_(param, decay)
 
 
@@ -68,13 +83,12 @@ def projected_adam_(param, grad, M, V, basis, side, lift_scale, *, scale, residu
     if projected:
         if residual:
             raise ValueError("the residual needs the full gradient, not its projection")
-        R = grad.to(M.dtype)
+        R = grad.to(compute_dtype(param.dtype))
     else:
         R = subspace.project(grad, basis, side)
         if sum_rows is not None and side == "left":
             R = sum_rows(R)
-    _moments_(M, V, R, beta1, beta2)
-    N = _normalized(M, V, eps)
+    N = moments_and_step_(M, V, R, beta1, beta2, eps)
     alpha = step_size * scale
     if isinstance(alpha, torch.Tensor):  # a traced step's (optim/projected_adam.adam_hyper); no residual then
         subspace.lift_add_(param, N.mul_(alpha), basis, side, lift_scale, -1.0)
