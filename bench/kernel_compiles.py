@@ -175,14 +175,15 @@ def _projected_paths(W, ranks):
             continue
         moments = (m, rank) if side == "right" else (rank, n)
         basis = torch.empty((rank, n) if side == "right" else (m, rank))
-        for residual in (False, True):  # GaLore's update; Lorenza+'s out-of-subspace term
-            M, V = torch.empty(moments), torch.empty(moments)
+        for residual, stored in ((False, torch.float32), (True, torch.float32), (False, torch.bfloat16)):
+            # GaLore's update; Lorenza+'s out-of-subspace term; bfloat16 moments (state_bits=16)
+            M, V = torch.empty(moments, dtype=stored), torch.empty(moments, dtype=stored)
             projected_adam.projected_adam_(W, W, M, V, basis, side, 1.0, scale=0.25, residual=residual,
                                            beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3, decay=0.0)
-        # per-layer mode: the gradient arrives projected already
-        projected_adam.projected_adam_(W, torch.empty(moments), M, V, basis, side, 1.0, scale=0.25,
-                                       residual=False, projected=True, beta1=0.9, beta2=0.999, eps=1e-8,
-                                       step_size=1e-3, decay=0.0)
+            # per-layer mode: the gradient arrives projected already
+            projected_adam.projected_adam_(W, torch.empty(moments), M, V, basis, side, 1.0, scale=0.25,
+                                           residual=False, projected=True, beta1=0.9, beta2=0.999, eps=1e-8,
+                                           step_size=1e-3, decay=0.0)
         # state_bits=8: the projection alone, then the 8-bit Adam kernel
         adam8.projected_adam8_(W, W, *_codes8(moments), *_codes8(moments), basis, side, 1.0, scale=0.25,
                                residual=False, beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3, decay=0.0)
@@ -212,6 +213,9 @@ def user_launches(models=tuple(LLAMA), ranks=RANKS, dtypes=WEIGHT_DTYPES) -> lis
                                          step_size=step_size, decay=0.0)
                     adam8.adam8_([W], [W], *([t] for t in _codes8(shape) + _codes8(shape)), beta1=0.9,
                                  beta2=0.999, eps=1e-8, step_size=step_size, decay=0.0)
+                M16, V16 = (torch.empty(shape, dtype=torch.bfloat16) for _ in range(2))  # state_bits=16
+                projected_adam.adam_([W], [W], [M16], [V16], beta1=0.9, beta2=0.999, eps=1e-8, step_size=1e-3,
+                                     decay=0.0)
                 for streams in range(1, MAX_STREAMS + 1):  # MeZO, AdaZeta, AdaZo-SAM
                     perturb.gaussian_add_(W, [1.0] * streams, _keys(streams))
                 if shape[0] not in vocab:  # the embeddings and the head are never projected

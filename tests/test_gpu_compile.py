@@ -39,6 +39,8 @@ def test_the_subset_covers_every_setting_the_heuristic_picks(rows):
             ("_fill_kernel", "ALIGNED=True")] + [
             (kernel, f"STEP_SIZE_IN_MEMORY={traced}")
             for kernel in ("_multi_adam_kernel", "_multi_adam8_kernel") for traced in (False, True)] + [
+            ("_project_adam_kernel", "m_ptr:bf16"), ("_subspace_adam_kernel", "m_ptr:bf16"),  # state_bits=16
+            ("_multi_adam_kernel", "M_DTYPE=bf16")] + [
             (kernel, f"w_ptr:{dtype}") for kernel in ("_rank_update_kernel", "_gaussian_kernel")
             for dtype in ("fp32", "bf16", "fp16")]:
         assert expected in settings
