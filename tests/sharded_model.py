@@ -78,6 +78,7 @@ def replicated_state(opt) -> torch.Tensor:
 OPTIMIZERS = {
     "LowRankAdamW": lambda groups: lorenza.LowRankAdamW(groups, lr=1e-2, seed=3),
     "LowRankAdamW-random": lambda groups: lorenza.LowRankAdamW(groups, lr=1e-2, seed=3, projector="random"),
+    "LowRankAdamW-16bit": lambda groups: lorenza.LowRankAdamW(groups, lr=1e-2, seed=3, state_bits=16),
     "ProjFactor": lambda groups: lorenza.ProjFactor(groups, lr=1e-2, seed=3),
     "ProjFactor-per-layer": lambda groups: lorenza.ProjFactor(groups, lr=1e-2, seed=3, per_layer=True),
     "LowRankAdamW-per-layer": lambda groups: lorenza.LowRankAdamW(groups, lr=1e-2, seed=3, per_layer=True),

@@ -3,6 +3,7 @@ keys of its param groups and GaLore's aliases, which parameters are projected, t
 refresh schedule, the state a step creates, per-layer mode (a ``PerLayer`` it owns) and the
 first-order step. Each optimizer names its update rule (``update_rule``: Adam's, or ProjFactor's
 factored one) and, for a sharpness-aware step, its ascent (``ascent``)."""
+import math
 import warnings
 
 import torch
@@ -101,7 +102,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
         _checks.one_of("proj_type", group["proj_type"], proj.PROJ_TYPES)
         _checks.int_at_least("granularity", group["granularity"], 1)
         _checks.one_of("state_bits", group["state_bits"], quantized_moments.STATE_BITS)
-        if group["state_bits"] != 32 and any(map(is_dtensor, group["params"])):
+        if group["state_bits"] == 8 and any(map(is_dtensor, group["params"])):
             raise ValueError(f"state_bits={group['state_bits']} is not yet supported for FSDP2's sharded "
                              "parameters (docs/algorithms.md, section 9)")
         if group["rank"] is not None:
@@ -256,11 +257,13 @@ class ProjectedOptimizer(LorenzaOptimizer):
             if key in state:
                 continue
             work = proj.work_dtype(param.dtype)
-            if key in quantized_moments.SIGNED and bits != 32:  # not sharded (FSDP2 takes 32 alone)
+            stored = work  # Adam's moments as ``bits`` asks; the other keys in the arithmetic's dtype
+            if key in quantized_moments.SIGNED:
+                stored = quantized_moments.stored_dtype(bits, math.prod(shape), work)
+            if stored == torch.uint8:  # codes and block maxima, on one process only (``_validate_group``)
                 state.update(quantized_moments.zeros(key, shape, param.device, bits, work))
             else:
-                zeros = torch.zeros(shape, dtype=work, device=param.device)
-                state[key] = view.placed(zeros, rows)
+                state[key] = view.placed(torch.zeros(shape, dtype=stored, device=param.device), rows)
         if count:
             self._step_counts[id(param)] = self.step_count(param) + 1
             state["step"] += 1

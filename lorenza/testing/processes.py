@@ -39,14 +39,24 @@ def run(fn, world_size: int, *args, timeout: float = 120) -> list:
     results = context.SimpleQueue()
     processes = mp.start_processes(_worker, args=(world_size, free_port(), fn, args, results),
                                    nprocs=world_size, join=False, start_method="spawn")
+    gathered = {}
     try:
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
-        while not processes.join(timeout=1):
-            if datetime.datetime.now() > deadline:
+        done = False
+        while not done:
+            # read the results as they come: a result larger than the pipe's buffer (64 KiB) blocks its
+            # process in put() until it is read, and that process would never end
+            while not results.empty():
+                rank, data = results.get()
+                gathered[rank] = data
+            done = processes.join(timeout=1)  # raises if a process failed
+            if not done and datetime.datetime.now() > deadline:
                 raise TimeoutError(f"{fn.__name__} on {world_size} processes took over {timeout} s")
     finally:
         for process in processes.processes:
             if process.is_alive():
                 process.kill()
-    gathered = dict(results.get() for _ in range(world_size))
+    while len(gathered) < world_size:
+        rank, data = results.get()
+        gathered[rank] = data
     return [torch.load(io.BytesIO(gathered[rank]), weights_only=True) for rank in range(world_size)]
