@@ -91,10 +91,11 @@ class Run:
 
     def fingerprints(self) -> dict:
         """The weights and every tensor of the state."""
-        kept = {f"param.{i}": p.detach() for i, p in enumerate(self.model.parameters())}
-        for i, state in enumerate(self.opt.state.values()):
-            kept.update((f"state.{i}.{key}", value) for key, value in sorted(state.items())
-                        if torch.is_tensor(value))
+        params = list(self.model.parameters())
+        kept = {f"param.{i}": p.detach() for i, p in enumerate(params)}
+        for i, param in enumerate(params):  # by the parameter's place, not the order states were made
+            state = self.opt.state.get(param, {})
+            kept.update((f"state.{i}.{key}", value) for key, value in sorted(state.items()) if torch.is_tensor(value))
         return {key: fingerprint(value) for key, value in kept.items()}
 
 
