@@ -95,7 +95,8 @@ class Run:
         kept = {f"param.{i}": p.detach() for i, p in enumerate(params)}
         for i, param in enumerate(params):  # by the parameter's place, not the order states were made
             state = self.opt.state.get(param, {})
-            kept.update((f"state.{i}.{key}", value) for key, value in sorted(state.items()) if torch.is_tensor(value))
+            kept.update((f"state.{i}.{key}", value) for key, value in sorted(state.items())
+                        if torch.is_tensor(value))
         return {key: fingerprint(value) for key, value in kept.items()}
 
 

@@ -27,9 +27,11 @@ class PerLayer:
     (DDP; FSDP2 has reduced the gradient already), adds it to ``state[param]["projected_grad"]``
     and sets ``.grad`` to None. Micro-batches of an accumulated gradient are projected alike, so the
     step sees the projection of their sum. A weight whose basis is refreshed from its gradient at
-    this step (``rsvd`` and ``svd`` projectors, every ``update_gap`` steps) keeps its full gradient
-    in ``.grad`` until the step, which computes the basis from it (averaged over the ranks by the
-    hook): ``stagger=True`` makes that a ``1 / update_gap`` share of the weights at any step.
+    this step (``rsvd`` and ``svd`` projectors, every ``update_gap`` steps) has it computed in the
+    hook, from that gradient (averaged over the ranks first; under accumulation, the step's first
+    micro-batch's), and kept here (``fresh``) until the step stores it: no full gradient outlives
+    its hook, refresh steps included. A non-finite gradient at a refresh reaches no SVD: it stays in
+    ``.grad``, and the step skips its layer.
 
     The optimizer's ``zero_grad`` clears the accumulators, its ``remove_hooks()`` undoes the hooks,
     its ``clip_grad_norm_`` scales gradients and accumulators together. A step skips, with a warning,
@@ -42,6 +44,7 @@ class PerLayer:
             raise TypeError(f"per_layer must be a bool, got {type(enabled).__name__}")
         self.enabled = enabled
         self.hooks, self.owners = [], {}  # (param, handle); id(param) -> (group, tensor_id)
+        self.fresh = {}  # id(param) -> the Projection of a basis refreshed in backward, until the step
 
     def params_added(self, opt) -> None:
         """Index the optimizer's parameters and hook the last group's (when enabled)."""
@@ -93,13 +96,19 @@ class PerLayer:
             return
         opt.check_grad(param, param.grad, type(opt).__name__)
         view = ParamView.of(param, group, tensor_id)
-        if opt.refresh_due(param, group):  # the basis comes from the whole gradient: kept for the step
+        projection = self.fresh.get(id(param))
+        averaged = False
+        if projection is None and opt.refresh_due(param, group):  # the step's basis, from this gradient
             if view.shard is None:
-                opt.ranks.mean_(view.grad)  # averaging an average changes nothing
-            return
-        projection = opt.projection(view, this_step=True)
+                opt.ranks.mean_(view.grad)  # data parallel: the basis of the averaged gradient
+                averaged = True
+            if not self._finite(opt, view):
+                return  # kept in .grad: the step skips this layer with a warning, no SVD of a NaN
+            projection = self.fresh[id(param)] = opt.projection(view, view.grad, this_step=True)
+        elif projection is None:
+            projection = opt.projection(view, this_step=True)
         projected = projection.project(view.grad)
-        if projection.shard is None:  # data parallel: average the m x r projection, not the m x n gradient
+        if projection.shard is None and not averaged:  # data parallel: average the m x r projection
             opt.ranks.mean_(projected)
         state = opt.state[param]
         if ACCUMULATOR in state:
@@ -109,8 +118,17 @@ class PerLayer:
         param.grad = None
 
     @staticmethod
-    def clear(opt, set_to_none: bool) -> None:
-        """``zero_grad`` of the accumulators."""
+    def _finite(opt, view) -> bool:
+        """Whether the gradient holds no NaN or Inf, agreed over the ranks for a shard (whose rSVD
+        is collective: every rank takes it, or none)."""
+        finite = torch.isfinite(view.grad.sum(dtype=torch.float32)).to(torch.float32).reshape(1)
+        if view.shard is not None:
+            opt.ranks.all_finite(finite)
+        return bool(finite)
+
+    def clear(self, opt, set_to_none: bool) -> None:
+        """``zero_grad`` of the accumulators (and of the bases refreshed from their gradients)."""
+        self.fresh.clear()
         for state in opt.state.values():
             if ACCUMULATOR in state:
                 if set_to_none:
@@ -185,6 +203,7 @@ class PerLayer:
                               stacklevel=_checks.user_stacklevel())
                 param.grad = None
                 opt.state[param].pop(ACCUMULATOR, None)
+                self.fresh.pop(id(param), None)
             else:
                 kept.append(entry)
         return kept

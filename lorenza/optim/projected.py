@@ -165,6 +165,8 @@ class ProjectedOptimizer(LorenzaOptimizer):
         step = self.step_count(param)
         if this_step is None:
             this_step = grad is not None
+        if this_step and id(param) in self.layers.fresh:  # refreshed in backward (per-layer mode)
+            return self.layers.fresh[id(param)]
         if not this_step:
             if step == 0:
                 return None
@@ -422,3 +424,4 @@ class ProjectedOptimizer(LorenzaOptimizer):
             if view.param.grad is not None:
                 self.check_grad(view.param, view.param.grad, type(self).__name__)
         self.update_rule.apply(self, views)
+        self.layers.fresh.clear()  # stored by the update rule
