@@ -66,6 +66,9 @@ class PerLayer:
         _OWNERS[id(param)] = (weakref.ref(param), weakref.ref(opt))
         optimizer, component = weakref.ref(opt), weakref.ref(self)
 
+        # eager under torch.compile: a backward run inside a compiled function calls its hooks with
+        # dynamo still on, which compiled this one again at every refresh (its rSVD, its keys)
+        @torch._disable_dynamo
         def hook(tensor):
             live, mode = optimizer(), component()
             if live is not None and mode is not None:
