@@ -124,7 +124,7 @@ class PerLayer:
     def _finite(opt, view) -> bool:
         """Whether the gradient holds no NaN or Inf, agreed over the ranks for a shard (whose rSVD
         is collective: every rank takes it, or none)."""
-        finite = torch.isfinite(view.grad.sum(dtype=torch.float32)).to(torch.float32).reshape(1)
+        finite = _all_finite([view.grad]).to(torch.float32).reshape(1)
         if view.shard is not None:
             opt.ranks.all_finite(finite)
         return bool(finite)
@@ -188,10 +188,7 @@ class PerLayer:
         flags = []
         for view in entries:
             parts = [t for t in (view.grad, opt.state.get(view.param, {}).get(ACCUMULATOR)) if t is not None]
-            # a float32 sum is NaN or Inf exactly when an element is (short of overflowing 3e38),
-            # and allocates nothing the size of the tensor
-            sums = torch.stack([t.sum(dtype=torch.float32) for t in parts])
-            flags.append(torch.isfinite(sums).all())
+            flags.append(_all_finite(parts))
         finite = torch.stack(flags).to(torch.float32)
         if any(view.shard is not None for view in entries):  # a shard's NaN: every rank skips
             opt.ranks.all_finite(finite)
@@ -210,6 +207,13 @@ class PerLayer:
             else:
                 kept.append(entry)
         return kept
+
+
+def _all_finite(tensors) -> torch.Tensor:
+    """Whether no tensor holds a NaN or Inf, as a 0-dimensional bool tensor (no host sync). A float32
+    sum is NaN or Inf exactly when an element is (short of overflowing 3e38), and allocates nothing
+    the size of the tensor."""
+    return torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in tensors])).all()
 
 
 def take_accumulator(opt, param):

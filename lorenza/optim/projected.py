@@ -263,7 +263,7 @@ class ProjectedOptimizer(LorenzaOptimizer):
             if key in quantized_moments.SIGNED:
                 stored = quantized_moments.stored_dtype(bits, math.prod(shape), work)
             if stored == torch.uint8:  # codes and block maxima, on one process only (``_validate_group``)
-                state.update(quantized_moments.zeros(key, shape, param.device, bits, work))
+                state.update(quantized_moments.zeros(key, shape, param.device))
             else:
                 state[key] = view.placed(torch.zeros(shape, dtype=stored, device=param.device), rows)
         if count:

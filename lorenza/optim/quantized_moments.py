@@ -37,11 +37,9 @@ def stored_dtype(bits: int, numel: int, work: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if bits == 16 else work
 
 
-def zeros(key: str, shape, device, bits: int, work: torch.dtype) -> dict:
-    """The state entries of an all-zero moment ``key`` stored at ``state_bits=bits``."""
-    dtype = stored_dtype(bits, torch.Size(shape).numel(), work)
-    if dtype != torch.uint8:
-        return {key: torch.zeros(shape, dtype=dtype, device=device)}
+def zeros(key: str, shape, device) -> dict:
+    """The state entries of an all-zero 8-bit moment ``key`` (a float one is a plain tensor, placed
+    like its parameter by the optimizer)."""
     codes = torch.full(shape, quantize.zero_code(SIGNED[key]), dtype=torch.uint8, device=device)
     absmax = torch.zeros(quantize.blocks(codes.numel()), dtype=torch.float32, device=device)
     return {key: codes, absmax_key(key): absmax}
@@ -59,7 +57,7 @@ def convert_(state: dict, key: str, bits: int, dtype) -> None:
     else:
         values = stored.to(dtype)
     if asked == torch.uint8:
-        state.update(zeros(key, stored.shape, stored.device, bits, dtype))
+        state.update(zeros(key, stored.shape, stored.device))
         quantize.quantize8_(state[key], state[absmax_key(key)], values, SIGNED[key])
     else:
         state[key] = values.to(asked)
